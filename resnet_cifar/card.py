@@ -1,0 +1,115 @@
+"""Model card rendering from the template kept as package data, with Hub-readable eval results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .model import REPO_URL
+from .preprocess import CIFAR10_CLASSES
+
+DEFAULT_DATASET = "uoft-cs/cifar10"
+
+
+@dataclass
+class CardInfo:
+    """Everything a release's model card states; accuracies are fractions in [0, 1]."""
+
+    test_accuracy: float
+    per_class_accuracy: dict[str, float]
+    recipe: dict[str, Any]
+    parameters: int
+    repo_id: str = "owner/resnet9-cifar10"
+    class_names: tuple[str, ...] = CIFAR10_CLASSES
+    test_loss: float | None = None
+    tta_accuracy: float | None = None
+    test_images: int = 10_000
+    dataset: str = DEFAULT_DATASET
+    model_name: str = "ResNet-9 for CIFAR-10"
+    train_time: str | None = None
+    epochs_table: list[dict[str, Any]] = field(default_factory=list)
+    plots: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
+    license: str = "mit"
+
+
+def template() -> str:
+    """The Jinja template of the model card, read from package data."""
+    return resources.files("resnet_cifar").joinpath("templates/model_card.md").read_text(encoding="utf-8")
+
+
+def card_data(info: CardInfo) -> ModelCardData:
+    """YAML metadata: library, license, tags, dataset, metrics and a model-index with the test accuracy."""
+    if not 0.0 <= info.test_accuracy <= 1.0:
+        raise ValueError(f"test_accuracy must be a fraction in [0, 1], got {info.test_accuracy!r}")
+    dataset_name = "CIFAR-10" if info.dataset == DEFAULT_DATASET else Path(info.dataset).name
+    return ModelCardData(
+        library_name="resnet-cifar",
+        license=info.license,
+        tags=["image-classification", "cifar10", "resnet", "pytorch", "pytorch-lightning", "model_hub_mixin"],
+        datasets=[DEFAULT_DATASET],
+        metrics=["accuracy"],
+        pipeline_tag="image-classification",
+        model_name=info.model_name,
+        eval_results=[
+            EvalResult(
+                task_type="image-classification",
+                task_name="Image Classification",
+                dataset_type=DEFAULT_DATASET,
+                dataset_name=dataset_name,
+                dataset_config="plain_text",
+                dataset_split="test",
+                metric_type="accuracy",
+                metric_name="Test accuracy",
+                metric_value=round(float(info.test_accuracy), 4),
+            )
+        ],
+    )
+
+
+def render(info: CardInfo) -> ModelCard:
+    """Render the model card and check that its metadata reads back with the same accuracy."""
+    dataset_url = f"https://huggingface.co/datasets/{DEFAULT_DATASET}"
+    card = ModelCard.from_template(
+        card_data(info),
+        template_str=template(),
+        repo_url=REPO_URL,
+        dataset_url=dataset_url,
+        **{k: v for k, v in vars(info).items() if k not in ("license", "dataset")},
+    )
+    validate(card.content, info.test_accuracy)
+    return card
+
+
+def validate(content: str, expected_accuracy: float | None = None) -> dict[str, Any]:
+    """Parse a card's YAML front matter; raise ValueError if the Hub could not read its metadata or accuracy."""
+    if not content.startswith("---\n"):
+        raise ValueError("model card must start with a YAML front matter block ('---')")
+    try:
+        metadata = yaml.safe_load(content.split("---\n", 2)[1])
+    except (IndexError, yaml.YAMLError) as err:
+        raise ValueError(f"model card YAML does not parse: {err}") from err
+    for key in ("library_name", "license", "pipeline_tag", "datasets", "model-index"):
+        if key not in metadata:
+            raise ValueError(f"model card metadata lacks {key!r}")
+    results = ModelCard(content).data.eval_results or []
+    accuracies = [r.metric_value for r in results if r.metric_type == "accuracy"]
+    if not accuracies:
+        raise ValueError("model card model-index carries no accuracy result")
+    if expected_accuracy is not None and abs(accuracies[0] - expected_accuracy) > 5e-5:
+        raise ValueError(f"model card accuracy {accuracies[0]} differs from the measured {expected_accuracy}")
+    return metadata
+
+
+def test_accuracy_of(source: str | Path) -> float:
+    """The test accuracy a release's card states (a README.md path or a folder holding one)."""
+    path = Path(source)
+    card = ModelCard.load(path / "README.md" if path.is_dir() else path)
+    for result in card.data.eval_results or []:
+        if result.metric_type == "accuracy":
+            return float(result.metric_value)
+    raise ValueError(f"{source} has no accuracy in its model-index")

@@ -1,0 +1,106 @@
+"""Grad-CAM over the named blocks of ResNet9 with Captum's LayerGradCam, batched, and heatmap overlays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from captum.attr import LayerGradCam
+from torch import nn
+
+LAYERS: tuple[str, ...] = ("prep", "layer1", "layer2", "layer3")
+# Plain words for each layer, with the resolution of its feature map on a 32x32 input.
+LAYER_DESCRIPTIONS: dict[str, str] = {
+    "prep": "prep: edges and colours (32x32, fine)",
+    "layer1": "layer1: textures and small parts (16x16)",
+    "layer2": "layer2: object parts (8x8)",
+    "layer3": "layer3: whole objects (4x4, coarse)",
+}
+
+
+def _layer(model: nn.Module, layer: str) -> nn.Module:
+    """The child module named `layer`, or a ValueError listing the allowed names."""
+    if layer not in LAYERS or not hasattr(model, layer):
+        raise ValueError(f"unknown Grad-CAM layer {layer!r}; allowed are {', '.join(LAYERS)}")
+    return getattr(model, layer)
+
+
+def _targets(targets: int | Sequence[int] | torch.Tensor | None, n: int, num_classes: int) -> torch.Tensor | None:
+    """Validate explicit class targets (one per image, or one for all) as a LongTensor of length n."""
+    if targets is None:
+        return None
+    t = torch.as_tensor(targets, dtype=torch.long).flatten()
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise ValueError(f"got {t.numel()} targets for {n} images; give one per image or a single class")
+    if (t < 0).any() or (t >= num_classes).any():
+        raise ValueError(f"targets must be class ids from 0 to {num_classes - 1}, got {t.tolist()}")
+    return t
+
+
+def explain(
+    model: nn.Module,
+    batch: torch.Tensor,
+    layer: str = "layer3",
+    targets: int | Sequence[int] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Grad-CAM maps (N x H x W, each scaled to [0, 1]) for a normalized NxCxHxW batch at a named layer.
+
+    `targets` defaults to each image's predicted class. One forward and one backward serve the whole batch;
+    works under an outer no_grad/inference_mode and restores the model's train/eval mode.
+    """
+    module = _layer(model, layer)
+    if batch.ndim != 4:
+        raise ValueError(f"batch must be N x C x H x W, got shape {tuple(batch.shape)}")
+    num_classes = getattr(model, "num_classes", None) or model(batch[:1]).shape[1]
+    target = _targets(targets, batch.shape[0], num_classes)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            inputs = batch.detach().clone()
+            if target is None:
+                # Score of the arg-max class: the predicted class is explained in the same single pass.
+                cam = LayerGradCam(lambda x: model(x).max(dim=1).values, module)
+                attr = cam.attribute(inputs, relu_attributions=True)
+            else:
+                cam = LayerGradCam(model, module)
+                attr = cam.attribute(inputs, target=target.to(inputs.device), relu_attributions=True)
+    finally:
+        model.train(was_training)
+    attr = attr.detach()
+    maps = F.interpolate(attr, size=batch.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    maps = maps.clamp_min(0)
+    peak = maps.flatten(1).amax(dim=1).view(-1, 1, 1)
+    return torch.where(peak > 0, maps / peak.clamp_min(1e-12), torch.zeros_like(maps))
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """The 'jet' colour map: values in [0, 1] to uint8 RGB (blue for 0, red for 1)."""
+    v = np.clip(values.astype(np.float32), 0.0, 1.0)[..., None]
+    channels = np.array([3.0, 2.0, 1.0], dtype=np.float32)  # red, green, blue centres at 3/4, 1/2, 1/4
+    rgb = np.clip(1.5 - np.abs(4.0 * v - channels), 0.0, 1.0)
+    return np.rint(rgb * 255.0).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray | torch.Tensor, opacity: float = 0.5) -> np.ndarray:
+    """Blend a colour-mapped heatmap (HxW in [0, 1]) over an HxWx3 uint8 image with the given opacity.
+
+    Opacity 0 returns the image unchanged, 1 the heatmap colours alone. A heatmap of another size is
+    resized bilinearly to the image.
+    """
+    if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be a number from 0 to 1, got {opacity!r}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be an HxWx3 uint8 array, got {image.dtype} {tuple(image.shape)}")
+    heat = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))
+    if heat.ndim != 2:
+        raise ValueError(f"heatmap must be HxW, got shape {tuple(heat.shape)}")
+    if tuple(heat.shape) != image.shape[:2]:
+        heat = F.interpolate(heat[None, None], size=image.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+    colours = jet(heat.numpy()).astype(np.float32)
+    blended = (1.0 - opacity) * image.astype(np.float32) + opacity * colours
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
