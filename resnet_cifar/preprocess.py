@@ -66,8 +66,10 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
                 f"integer image values span [{array.min()}, {array.max()}]; allowed are 0..255 (uint8) "
                 "or 0..65535 (16-bit)"
             )
-        # Anything above 255 is taken as 16-bit data: 65535 maps to 255.
-        if array.dtype.itemsize > 1 and array.size and array.max() > 255:
+        # uint16 (and PIL's I;16 modes) is 16-bit data whatever its maximum, so a dark 16-bit image stays
+        # dark; for wider integers anything above 255 is taken as 16-bit data. 65535 maps to 255.
+        is_16_bit = array.dtype.kind == "u" and array.dtype.itemsize == 2
+        if is_16_bit or (array.dtype.itemsize > 1 and array.size and array.max() > 255):
             return (array.astype(np.float32) / 257.0).round().astype(np.uint8)
         return array.astype(np.uint8)
     raise ValueError(f"unsupported pixel type {array.dtype}; use uint8, 16-bit integers or floats in [0, 1]")
