@@ -1,0 +1,305 @@
+"""ResNet9: architecture, config validation, strict safetensors-only loading from folders and Hub ids, predict."""
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnet_cifar import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, ResNet9, count_parameters
+
+
+class CreatesMarker:
+    """Unpickling this runs open(marker, "w"): proof that a pickle was executed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def write_pickle_bomb(path: Path, marker: Path) -> None:
+    """A pytorch_model.bin whose unpickling creates `marker`."""
+    path.write_bytes(pickle.dumps({"fc.weight": CreatesMarker(marker)}))
+
+
+def write_config(folder: Path, **config) -> None:
+    """Write config.json into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+# --- architecture ---------------------------------------------------------------------------------------------
+
+
+def test_architecture_and_parameter_count(model):
+    assert count_parameters(model) == 6_573_130
+    assert sum(p.numel() for p in model.parameters()) == 6_573_130
+    assert [name for name, _ in model.named_children()][:4] == ["prep", "layer1", "layer2", "layer3"]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 8
+    assert all(c.kernel_size == (3, 3) and c.bias is None for c in convs)
+    assert [c.out_channels for c in convs] == [64, 128, 128, 128, 256, 512, 512, 512]
+    assert not any(getattr(m, "inplace", False) for m in model.modules())
+    assert (model.fc.in_features, model.fc.out_features) == (512, 10)
+
+
+def test_block_output_shapes_and_logits(model):
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        shapes = []
+        h = x
+        for name in ("prep", "layer1", "layer2", "layer3"):
+            h = getattr(model, name)(h)
+            shapes.append(tuple(h.shape[1:]))
+        logits = model(x)
+    assert shapes == [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4)]
+    assert logits.shape == (2, 10)
+    assert (logits < 0).any() and not torch.allclose(logits.sum(1), torch.ones(2))  # logits, not probabilities
+
+
+def test_default_config_attributes(model):
+    assert model.num_classes == 10
+    assert model.class_names == CIFAR10_CLASSES
+    assert model.mean == CIFAR10_MEAN
+    assert model.std == CIFAR10_STD
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"num_classes": 5}, "class_names"),
+        ({"num_classes": 2, "class_names": ["a"]}, "class_names"),
+        ({"num_classes": 2, "class_names": ["a", "a"]}, "distinct"),
+        ({"num_classes": 2, "class_names": "ab"}, "class_names"),
+        ({"num_classes": 1, "class_names": ["a"]}, "num_classes"),
+        ({"num_classes": True}, "num_classes"),
+        ({"mean": (0.5, 0.5)}, "mean"),
+        ({"std": (0.2, 0.2, 0.0)}, "std"),
+        ({"std": (0.2, 0.2, 0.2, 0.2)}, "std"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"logit_scale": 0.0}, "logit_scale"),
+    ],
+)
+def test_bad_config_is_refused(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        ResNet9(**kwargs)
+
+
+# --- save_pretrained -> from_pretrained ------------------------------------------------------------------------
+
+
+def test_round_trip_restores_weights_config_and_eval_mode(tmp_path):
+    torch.manual_seed(1)
+    names = ["cat", "dog", "emu"]
+    model = ResNet9(num_classes=3, class_names=names, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), dropout=0.1)
+    with torch.no_grad():  # non-default batch-norm statistics, so a lost buffer changes the outputs
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    model.train()
+    model.save_pretrained(tmp_path / "out")
+
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["class_names"] == names and config["num_classes"] == 3
+    assert not list((tmp_path / "out").glob("*.bin"))
+
+    loaded = ResNet9.from_pretrained(tmp_path / "out")
+    assert isinstance(loaded, ResNet9)
+    assert not loaded.training
+    assert loaded.class_names == tuple(names)
+    assert loaded.mean == (0.5, 0.4, 0.3) and loaded.std == (0.2, 0.25, 0.3)
+    assert loaded.dropout.p == 0.1
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        expected, got = model(x), loaded(x)
+    assert got.shape == (4, 3)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_round_trip_of_a_loaded_model_keeps_its_config(release_dir, tmp_path):
+    loaded = ResNet9.from_pretrained(release_dir)
+    loaded.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text()) == json.loads(
+        (release_dir / "config.json").read_text()
+    )
+
+
+def test_mismatched_num_classes_is_refused(release_dir):
+    write_config(release_dir, num_classes=5, class_names=list("abcde"))
+    with pytest.raises(ValueError, match=r"fc\.weight: weights \(10, 512\) vs config \(5, 512\)"):
+        ResNet9.from_pretrained(release_dir)
+
+
+def test_config_with_inconsistent_class_names_is_refused(release_dir):
+    write_config(release_dir, num_classes=5)  # class_names falls back to the 10 CIFAR-10 names
+    with pytest.raises(ValueError, match="class_names must list exactly num_classes=5"):
+        ResNet9.from_pretrained(release_dir)
+
+
+def test_unknown_config_key_is_refused(release_dir):
+    write_config(release_dir, num_classes=10, width=2)
+    with pytest.raises(ValueError, match=r"unknown keys \['width'\]"):
+        ResNet9.from_pretrained(release_dir)
+
+
+def test_missing_and_extra_weights_are_refused(release_dir):
+    state = safetensors.torch.load_file(release_dir / "model.safetensors")
+    extra = dict(state, **{"head.weight": torch.zeros(2)})
+    safetensors.torch.save_file(extra, release_dir / "model.safetensors")
+    with pytest.raises(ValueError, match=r"not in the model \['head\.weight'\]"):
+        ResNet9.from_pretrained(release_dir)
+
+    del state["fc.bias"]
+    safetensors.torch.save_file(state, release_dir / "model.safetensors")
+    with pytest.raises(ValueError, match=r"missing from the weights \['fc\.bias'\]"):
+        ResNet9.from_pretrained(release_dir)
+
+
+def test_folder_without_weights_is_a_clear_error(tmp_path):
+    write_config(tmp_path / "empty", num_classes=10)
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+        ResNet9.from_pretrained(tmp_path / "empty")
+
+
+def test_folder_without_config_is_a_clear_error(release_dir):
+    (release_dir / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        ResNet9.from_pretrained(release_dir)
+
+
+@pytest.mark.parametrize("kind", ["missing folder", "file"])
+def test_a_path_that_is_not_a_folder_is_a_clear_error(tmp_path, kind):
+    path = tmp_path / "nope"
+    if kind == "file":
+        path.write_text("{}")
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        ResNet9.from_pretrained(str(path))
+
+
+def test_the_pickle_bomb_is_live(tmp_path):
+    """Guard for the refusal tests: the payload really would run if anything unpickled it."""
+    write_pickle_bomb(tmp_path / "bomb.bin", tmp_path / "ran")
+    pickle.loads((tmp_path / "bomb.bin").read_bytes())
+    assert (tmp_path / "ran").exists()
+
+
+def test_pickle_only_folder_is_refused_without_unpickling(tmp_path, monkeypatch):
+    folder = tmp_path / "pickled"
+    write_config(folder, num_classes=10)
+    marker = tmp_path / "unpickled"
+    write_pickle_bomb(folder / "pytorch_model.bin", marker)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    with pytest.raises(FileNotFoundError, match=r"safetensors only.*found only \['pytorch_model\.bin'\]"):
+        ResNet9.from_pretrained(folder)
+    assert not marker.exists()
+
+
+def test_strict_false_still_available(release_dir):
+    state = safetensors.torch.load_file(release_dir / "model.safetensors")
+    del state["fc.bias"]
+    safetensors.torch.save_file(state, release_dir / "model.safetensors")
+    loaded = ResNet9.from_pretrained(release_dir, strict=False)
+    assert loaded.fc.bias.shape == (10,)
+
+
+# --- Hub repo ids: only hf_hub_download is faked ----------------------------------------------------------------
+
+
+def test_from_hub_repo_id_with_revision(fake_hub, release_dir, model):
+    fake_hub.add("someone/resnet9", release_dir)
+    loaded = ResNet9.from_pretrained("someone/resnet9", revision="v1.0")
+    assert not loaded.training
+    assert {c["filename"] for c in fake_hub.calls} == {"config.json", "model.safetensors"}
+    assert all(c["repo_id"] == "someone/resnet9" and c["revision"] == "v1.0" for c in fake_hub.calls)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_pickle_only_hub_repo_is_refused_without_downloading_the_pickle(fake_hub, tmp_path):
+    folder = tmp_path / "pickled"
+    write_config(folder, num_classes=10)
+    marker = tmp_path / "unpickled"
+    write_pickle_bomb(folder / "pytorch_model.bin", marker)
+    fake_hub.add("someone/pickled", folder)
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors.*never unpickles"):
+        ResNet9.from_pretrained("someone/pickled")
+    assert "pytorch_model.bin" not in {c["filename"] for c in fake_hub.calls}
+    assert not marker.exists()
+
+
+def test_hub_repo_without_config_is_a_clear_error(fake_hub, release_dir):
+    (release_dir / "config.json").unlink()
+    fake_hub.add("someone/noconfig", release_dir)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        ResNet9.from_pretrained("someone/noconfig")
+
+
+# --- predict ----------------------------------------------------------------------------------------------------
+
+
+def image(seed: int = 0, size: int = 32) -> np.ndarray:
+    """A random uint8 HxWx3 image."""
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def test_predict_is_sorted_and_uses_config_names():
+    torch.manual_seed(0)
+    names = [f"class{i}" for i in range(6)]
+    model = ResNet9(num_classes=6, class_names=names, logit_scale=3.0).eval()
+    result = model.predict([image(0), image(1)], top_k=3)
+    assert len(result) == 2
+    probs = model.probabilities(model.preprocess([image(0), image(1)]))
+    for row, p in zip(result, probs):
+        assert len(row) == 3
+        values = [v for _, v in row]
+        assert values == sorted(values, reverse=True) and values[0] > values[-1]
+        assert 0 < sum(values) <= 1
+        assert {n for n, _ in row} <= set(names)
+        assert row[0] == (names[int(p.argmax())], pytest.approx(float(p.max())))
+    full = model.predict(image(0), top_k=6)[0]
+    assert sorted(n for n, _ in full) == names
+    assert sum(v for _, v in full) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("top_k", [0, 11, -1, 2.5, True, "3", None])
+def test_predict_refuses_bad_top_k(model, top_k):
+    with pytest.raises(ValueError, match="top_k must be an integer from 1 to 10"):
+        model.predict(image(), top_k=top_k)
+
+
+@pytest.mark.parametrize("top_k", [1, 10])
+def test_predict_top_k_limits(model, top_k):
+    assert len(model.predict(image(), top_k=top_k)[0]) == top_k
+
+
+def test_predict_with_tta_averages_the_mirror(model):
+    img = image(3)
+    batch = model.preprocess(img)
+    with torch.no_grad():
+        expected = (F.softmax(model(batch), 1) + F.softmax(model(batch.flip(3)), 1)) / 2
+    name, p = model.predict(img, top_k=1, tta=True)[0][0]
+    assert name == CIFAR10_CLASSES[int(expected.argmax())]
+    assert p == pytest.approx(float(expected.max()), abs=1e-6)
+    plain = model.predict(img, top_k=1)[0][0][1]
+    assert plain != pytest.approx(p, abs=1e-7)
+    # A mirror-symmetric image is its own flip: averaging changes nothing.
+    symmetric = np.concatenate([img[:, :16], img[:, :16][:, ::-1]], axis=1)
+    (sym_tta,) = model.predict(symmetric, top_k=2, tta=True)
+    (sym_plain,) = model.predict(symmetric, top_k=2)
+    assert [n for n, _ in sym_tta] == [n for n, _ in sym_plain]
+    assert [v for _, v in sym_tta] == pytest.approx([v for _, v in sym_plain], abs=1e-6)
+
+
+def test_predict_restores_training_mode(model):
+    model.train()
+    model.predict(image(), top_k=1)
+    assert model.training
