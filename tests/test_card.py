@@ -1,0 +1,124 @@
+"""Model card: renders from package data, its YAML parses, the Hub reads the accuracy, the usage code runs."""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+from resnet_cifar import CIFAR10_CLASSES
+from resnet_cifar import card  # card.test_accuracy_of: imported bare, pytest would collect it as a test
+from resnet_cifar.card import CardInfo, render, template, validate
+
+
+def info(**overrides) -> CardInfo:
+    """A complete CardInfo with distinctive numbers."""
+    fields = dict(
+        test_accuracy=0.9312,
+        per_class_accuracy={name: 0.8 + i / 100 for i, name in enumerate(CIFAR10_CLASSES)},
+        recipe={"epochs": 24, "batch_size": 512, "max_lr": 0.0123},
+        parameters=6_573_130,
+        test_loss=0.2345,
+        tta_accuracy=0.9401,
+        train_time="7 min on one GPU",
+        epochs_table=[{"epoch": 1, "train_loss": 1.5, "train_acc": 0.45, "val_loss": 1.2, "val_acc": 0.56, "lr": 0.01}],
+        plots=[("confusion.png", "Confusion matrix"), ("gradcam.png", "Grad-CAM examples")],
+    )
+    return CardInfo(**(fields | overrides))
+
+
+def front_matter(content: str) -> dict:
+    """The YAML block between the first two '---' lines."""
+    assert content.startswith("---\n")
+    return yaml.safe_load(content.split("---\n", 2)[1])
+
+
+def test_template_is_package_data():
+    text = template()
+    assert text.startswith("---\n{{ card_data }}\n---")
+    assert "```python" in text
+
+
+def test_metadata_parses_and_the_hub_reads_the_accuracy():
+    content = render(info()).content
+    meta = front_matter(content)
+    assert meta["library_name"] == "resnet-cifar"
+    assert meta["datasets"] == ["uoft-cs/cifar10"]
+    assert meta["pipeline_tag"] == "image-classification"
+    assert meta["license"] == "mit"
+    assert meta["metrics"] == ["accuracy"]
+    assert "cifar10" in meta["tags"]
+    (result,) = meta["model-index"][0]["results"]
+    assert result["metrics"][0] == {"type": "accuracy", "value": 0.9312, "name": "Test accuracy"}
+    assert result["dataset"]["type"] == "uoft-cs/cifar10" and result["dataset"]["split"] == "test"
+
+    data = ModelCard(content).data
+    assert data.eval_results[0].metric_value == 0.9312
+    assert data.eval_results[0].metric_type == "accuracy"
+    assert data.eval_results[0].dataset_type == "uoft-cs/cifar10"
+    assert data.library_name == "resnet-cifar"
+
+
+def test_body_states_results_recipe_and_plots():
+    content = render(info()).content
+    assert "6,573,130 parameters" in content
+    assert "**93.12 %**" in content
+    assert "| test accuracy with horizontal-flip test-time augmentation | 94.01 % |" in content
+    assert "| test loss | 0.2345 |" in content
+    assert "| training time | 7 min on one GPU |" in content
+    assert "| airplane | 80.0 % |" in content and "| truck | 89.0 % |" in content
+    assert "| max_lr | 0.0123 |" in content
+    assert "| 1 | 1.5 | 0.45 | 1.2 | 0.56 | 0.01 |" in content
+    assert "![Confusion matrix](confusion.png)" in content and "![Grad-CAM examples](gradcam.png)" in content
+
+
+def test_optional_rows_are_left_out():
+    content = render(info(tta_accuracy=None, test_loss=None, train_time=None, plots=[], epochs_table=[])).content
+    assert "test-time augmentation |" not in content
+    assert "test loss" not in content and "training time" not in content
+    assert "## Plots" not in content and "### Per epoch" not in content
+
+
+@pytest.mark.parametrize("accuracy", [93.12, -0.1, 1.0001])
+def test_accuracy_must_be_a_fraction(accuracy):
+    with pytest.raises(ValueError, match=r"fraction in \[0, 1\]"):
+        render(info(test_accuracy=accuracy))
+
+
+def test_test_accuracy_of_reads_the_saved_card(tmp_path):
+    render(info(test_accuracy=0.87654)).save(tmp_path / "README.md")
+    assert card.test_accuracy_of(tmp_path) == 0.8765
+    assert card.test_accuracy_of(tmp_path / "README.md") == 0.8765
+
+
+def test_test_accuracy_of_a_card_without_results(tmp_path):
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# A card\n")
+    with pytest.raises(ValueError, match="no accuracy"):
+        card.test_accuracy_of(tmp_path)
+
+
+def test_validate_refuses_broken_cards():
+    content = render(info()).content
+    with pytest.raises(ValueError, match="front matter"):
+        validate(content.removeprefix("---\n"))
+    with pytest.raises(ValueError, match="lacks 'pipeline_tag'"):
+        validate(content.replace("pipeline_tag: image-classification\n", ""))
+    with pytest.raises(ValueError, match="differs from the measured"):
+        validate(content, expected_accuracy=0.5)
+    assert validate(content, expected_accuracy=0.9312)["library_name"] == "resnet-cifar"
+
+
+def test_usage_snippet_runs_verbatim(release_dir, tmp_path):
+    content = render(info(repo_id=str(release_dir))).content
+    (code,) = re.findall(r"```python\n(.*?)```", content, flags=re.S)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    (top3,) = ast.literal_eval(done.stdout.strip())
+    assert len(top3) == 3 and all(name in CIFAR10_CLASSES for name, _ in top3)
