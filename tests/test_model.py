@@ -13,6 +13,8 @@ from torch import nn
 
 from resnet_cifar import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, ResNet9, count_parameters
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 class CreatesMarker:
     """Unpickling this runs open(marker, "w"): proof that a pickle was executed."""
@@ -283,20 +285,18 @@ def test_predict_top_k_limits(model, top_k):
 
 def test_predict_with_tta_averages_the_mirror(model):
     img = image(3)
-    batch = model.preprocess(img)
-    with torch.no_grad():
-        expected = (F.softmax(model(batch), 1) + F.softmax(model(batch.flip(3)), 1)) / 2
-    name, p = model.predict(img, top_k=1, tta=True)[0][0]
-    assert name == CIFAR10_CLASSES[int(expected.argmax())]
-    assert p == pytest.approx(float(expected.max()), abs=1e-6)
-    plain = model.predict(img, top_k=1)[0][0][1]
-    assert plain != pytest.approx(p, abs=1e-7)
-    # A mirror-symmetric image is its own flip: averaging changes nothing.
+    # A mirror-symmetric image is its own flip: averaging must change nothing for it.
     symmetric = np.concatenate([img[:, :16], img[:, :16][:, ::-1]], axis=1)
-    (sym_tta,) = model.predict(symmetric, top_k=2, tta=True)
-    (sym_plain,) = model.predict(symmetric, top_k=2)
-    assert [n for n, _ in sym_tta] == [n for n, _ in sym_plain]
-    assert [v for _, v in sym_tta] == pytest.approx([v for _, v in sym_plain], abs=1e-6)
+    batch = model.preprocess([img, symmetric])
+    with torch.no_grad():
+        plain = F.softmax(model(batch), 1)
+        expected = (plain + F.softmax(model(batch.flip(3)), 1)) / 2
+    (name, p), (sym_name, sym_p) = (row[0] for row in model.predict([img, symmetric], top_k=1, tta=True))
+    assert name == CIFAR10_CLASSES[int(expected[0].argmax())]
+    assert p == pytest.approx(float(expected[0].max()), abs=1e-6)
+    assert p != pytest.approx(float(plain[0].max()), abs=1e-7)  # the mirror did count
+    assert sym_name == CIFAR10_CLASSES[int(plain[1].argmax())]
+    assert sym_p == pytest.approx(float(plain[1].max()), abs=1e-6)
 
 
 def test_predict_restores_training_mode(model):
