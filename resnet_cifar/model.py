@@ -11,7 +11,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub.errors import RemoteEntryNotFoundError
 from torch import nn
 
 from .preprocess import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, ImageLike, preprocess
@@ -216,7 +216,7 @@ def _weights_file(model_id: str, **download_kwargs: Any) -> str:
         raise FileNotFoundError(refusal + (f"; found only {found}" if found else ""))
     try:
         return hf_hub_download(repo_id=model_id, filename=WEIGHTS_NAME, **download_kwargs)
-    except EntryNotFoundError as err:
+    except RemoteEntryNotFoundError as err:  # the repo answered: no such file (a cache miss offline is not this)
         raise FileNotFoundError(refusal) from err
 
 
