@@ -1,0 +1,223 @@
+"""After Trainer.test: measure the saved weights, collect mistakes, and draw the plots the model card shows."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from resnet_cifar import ResNet9, gradcam  # noqa: E402
+from resnet_cifar.artifacts import MisclassifiedSet  # noqa: E402
+from resnet_cifar.preprocess import normalize  # noqa: E402
+
+GRID_IMAGES = 20  # mistakes shown in the misclassified and Grad-CAM grids
+
+
+@dataclass
+class Evaluation:
+    """Predictions of a model over a labelled image set."""
+
+    probabilities: np.ndarray  # N x C float32
+    labels: np.ndarray  # N int64
+    tta_probabilities: np.ndarray | None = None
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """Arg-max class per image."""
+        return self.probabilities.argmax(1)
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of images whose arg-max class is the label."""
+        return float((self.predictions == self.labels).mean())
+
+    @property
+    def tta_accuracy(self) -> float | None:
+        """Accuracy with horizontal-flip test-time augmentation, when computed."""
+        if self.tta_probabilities is None:
+            return None
+        return float((self.tta_probabilities.argmax(1) == self.labels).mean())
+
+    @property
+    def loss(self) -> float:
+        """Mean cross-entropy."""
+        p = self.probabilities[np.arange(len(self.labels)), self.labels]
+        return float(-np.log(np.clip(p, 1e-12, None)).mean())
+
+
+def evaluate(model: ResNet9, images: np.ndarray, labels: np.ndarray, batch_size: int = 500,
+             device: str | torch.device = "cpu", tta: bool = True) -> Evaluation:
+    """Run the model in eval mode over N x 32 x 32 x 3 uint8 images (no augmentation)."""
+    model = model.to(device)
+    probs, tta_probs = [], []
+    for start in range(0, len(images), batch_size):
+        batch = normalize(images[start:start + batch_size], model.mean, model.std).to(device)
+        probs.append(model.probabilities(batch).cpu().numpy())
+        if tta:
+            tta_probs.append(model.probabilities(batch, tta=True).cpu().numpy())
+    return Evaluation(np.concatenate(probs), labels.astype(np.int64), np.concatenate(tta_probs) if tta else None)
+
+
+def per_class_accuracy(evaluation: Evaluation, class_names: Sequence[str]) -> dict[str, float]:
+    """Accuracy over the images of each true class."""
+    preds, labels = evaluation.predictions, evaluation.labels
+    return {
+        name: float((preds[labels == c] == c).mean()) if (labels == c).any() else float("nan")
+        for c, name in enumerate(class_names)
+    }
+
+
+def confusion_matrix(evaluation: Evaluation, num_classes: int) -> np.ndarray:
+    """C x C counts, rows true class, columns predicted class."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (evaluation.labels, evaluation.predictions), 1)
+    return matrix
+
+
+def misclassified(images: np.ndarray, evaluation: Evaluation, count: int = 100) -> MisclassifiedSet:
+    """The `count` most confident mistakes (all of them if fewer), most confident first."""
+    preds = evaluation.predictions
+    wrong = np.flatnonzero(preds != evaluation.labels)
+    confidence = evaluation.probabilities[wrong, preds[wrong]]
+    chosen = wrong[np.argsort(-confidence, kind="stable")][:count]
+    return MisclassifiedSet(
+        images=np.ascontiguousarray(images[chosen]),
+        true_labels=evaluation.labels[chosen],
+        predicted_labels=preds[chosen],
+        probabilities=evaluation.probabilities[chosen, preds[chosen]].astype(np.float32),
+    )
+
+
+def read_metrics(metrics_csv: str | Path) -> list[dict[str, float]]:
+    """Rows of Lightning's CSVLogger metrics.csv, with empty cells dropped and numbers parsed."""
+    path = Path(metrics_csv)
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def epoch_table(rows: list[dict[str, float]]) -> list[dict[str, Any]]:
+    """One row per epoch: train/val loss and accuracy and the learning rate at the epoch's end."""
+    epochs: dict[int, dict[str, Any]] = {}
+    last_lr = None
+    for row in rows:
+        lr = next((v for k, v in row.items() if k.startswith("lr-")), None)
+        if lr is not None:
+            last_lr = lr
+        if "train_loss" in row or "val_loss" in row:
+            e = int(row["epoch"])
+            entry = epochs.setdefault(e, {"epoch": e + 1})
+            for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+                if key in row:
+                    entry[key] = round(row[key], 4)
+            entry["lr"] = f"{last_lr:.2e}" if last_lr is not None else "-"
+    return [{k: e.get(k, "-") for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")}
+            for _, e in sorted(epochs.items())]
+
+
+def _save(fig: plt.Figure, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], suggestion: float | None, path: Path) -> str:
+    """Loss against learning rate from Lightning's LR finder, with the chosen max LR marked."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses)
+    if suggestion is not None:
+        ax.axvline(suggestion, color="red", linestyle="--", label=f"max LR {suggestion:.2e}")
+        ax.legend()
+    ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR finder")
+    return _save(fig, path)
+
+
+def plot_lr_schedule(rows: list[dict[str, float]], path: Path) -> str | None:
+    """The One Cycle learning rate at every optimizer step."""
+    points = [(row["step"], v) for row in rows for k, v in row.items() if k.startswith("lr-")]
+    if not points:
+        return None
+    steps, lrs = zip(*points)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps, lrs)
+    ax.set(xlabel="step", ylabel="learning rate", title="One Cycle schedule")
+    return _save(fig, path)
+
+
+def plot_curves(table: list[dict[str, Any]], path: Path) -> str | None:
+    """Loss and accuracy per epoch, train and validation."""
+    if not table:
+        return None
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, ax in (("loss", ax_loss), ("acc", ax_acc)):
+        for stage in ("train", "val"):
+            points = [(r["epoch"], r[f"{stage}_{key}"]) for r in table if r[f"{stage}_{key}"] != "-"]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=stage)
+        ax.set(xlabel="epoch", ylabel=key, title=f"{key} per epoch")
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path) -> str:
+    """Confusion matrix of the test set with counts in the cells."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(matrix, cmap="Blues")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                color="white" if value > matrix.max() / 2 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title="Test confusion matrix")
+    return _save(fig, path)
+
+
+def plot_grid(images: Sequence[np.ndarray], captions: Sequence[str], title: str, path: Path) -> str:
+    """A grid of images with a caption under each."""
+    cols = min(5, max(1, len(images)))
+    rows = max(1, math.ceil(len(images) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def mistake_captions(mistakes: MisclassifiedSet, class_names: Sequence[str]) -> list[str]:
+    """'predicted (p) / true' for each mistake."""
+    return [
+        f"{class_names[p]} ({prob:.2f}) / {class_names[t]}"
+        for p, prob, t in zip(mistakes.predicted_labels, mistakes.probabilities, mistakes.true_labels)
+    ]
+
+
+def plot_mistakes(model: ResNet9, mistakes: MisclassifiedSet, folder: Path, layer: str = "layer3") -> list[tuple[str, str]]:
+    """Misclassified grid and its Grad-CAM grid (explaining the predicted class); returns (file, caption)."""
+    if len(mistakes) == 0:
+        return []
+    shown = mistakes.images[:GRID_IMAGES]
+    captions = mistake_captions(mistakes, model.class_names)[:GRID_IMAGES]
+    plots = [(plot_grid(list(shown), captions, "Misclassified: predicted (p) / true",
+                        folder / "misclassified.png"), "Most confident mistakes on the test set")]
+    batch = normalize(shown, model.mean, model.std).to(model.device)
+    heatmaps = gradcam.explain(model, batch, layer=layer).cpu().numpy()
+    overlays = [gradcam.overlay(image, heat, 0.5) for image, heat in zip(shown, heatmaps)]
+    plots.append((plot_grid(overlays, captions, f"Grad-CAM ({layer}) of the predicted class",
+                            folder / "gradcam.png"), f"Grad-CAM at {layer} on those mistakes"))
+    return plots
