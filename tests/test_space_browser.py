@@ -1,0 +1,206 @@
+"""The Space in a real browser: Debian's chromium, headless, driven by Selenium through chromedriver.
+
+A visitor loads the page, clicks an example, reads the top-k label, sees Grad-CAM images, changes the layer
+and the opacity, and opens the misclassified gallery. Not skipped: without chromium it fails and says what to
+install (CI installs it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import shutil
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
+# These flags work in this sandbox (root, no GPU, closed network): see the machine notes.
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--window-size=1280,2200",
+)
+TIMEOUT = 60
+
+
+def _helpers():
+    """tests/test_space.py's helpers (release folder, launched server), imported by path."""
+    spec = importlib.util.spec_from_file_location("_space_test_helpers", Path(__file__).with_name("test_space.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+H = _helpers()
+
+
+@pytest.fixture(scope="module")
+def browser_setup(tmp_path_factory):
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not found: the browser test needs Debian's chromium and chromedriver "
+            "(apt-get install -y chromium chromium-driver), or set CHROMIUM / CHROMEDRIVER to their paths"
+        )
+    release = H.make_release(tmp_path_factory.mktemp("release"))
+    app = H.load_app()
+    space = app.Explainer.load(str(release))
+    with H.running_space(release, tmp_path_factory.mktemp("server") / "space.log") as url:
+        yield url, space
+
+
+@pytest.fixture
+def driver(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which(CHROMIUM)
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    chrome = webdriver.Chrome(service=Service(shutil.which(CHROMEDRIVER)), options=options)
+    try:
+        yield chrome
+    finally:
+        chrome.save_screenshot(str(tmp_path / "last.png"))
+        chrome.quit()
+
+
+# ---------------------------------------------------------------- what the page shows
+
+
+def wait_for(driver, check, what: str, timeout: float = TIMEOUT):
+    """Poll `check(driver)` until it returns something truthy; fail naming `what` and the page's errors."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            last = check(driver)
+            if last:
+                return last
+        except Exception as err:  # noqa: BLE001 - the DOM changes under us while gradio re-renders
+            last = err
+        time.sleep(0.2)
+    toasts = driver.execute_script(
+        "return Array.from(document.querySelectorAll('.toast-body')).map(t => t.innerText)")
+    pytest.fail(f"timed out waiting for {what}; last seen: {last!r}; error toasts: {toasts}")
+
+
+def gallery(driver, elem_id: str) -> list[tuple[str, str]]:
+    """(image URL, caption) of each image in a gallery, in order."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map(i => [i.src, i.alt])",
+        f"#{elem_id} .grid-container img",
+    )
+
+
+def label_rows(driver) -> list[str]:
+    """The class names the Label shows, top first."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#prediction .confidence-set dt')).map(d => d.innerText)")
+
+
+def fetch_rgb(url: str) -> np.ndarray:
+    """The pixels of an image the page shows."""
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
+
+
+def set_slider(driver, elem_id: str, value: float) -> None:
+    """Type a value into a slider's number box, as a visitor can."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=number]")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(value), Keys.ENTER)
+    box.send_keys(Keys.TAB)
+
+
+def choose(driver, elem_id: str, option_text: str) -> None:
+    """Open a dropdown and click the option showing `option_text`."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input[role=combobox]").click()
+    options = wait_for(driver, lambda d: [o for o in d.find_elements(By.CSS_SELECTOR, "li[role=option]")
+                                          if o.get_attribute("aria-label") == option_text], f"option {option_text!r}")
+    options[0].click()
+
+
+def changed(driver, elem_id: str, before: list[tuple[str, str]], count: int):
+    """The gallery once it shows `count` images that differ from `before`."""
+    now = gallery(driver, elem_id)
+    return now if len(now) == count and now != before else None
+
+
+# ---------------------------------------------------------------- the visit
+
+
+def test_a_visitor_explores_the_space(browser_setup, driver):
+    from selenium.webdriver.common.by import By
+
+    url, space = browser_setup
+    examples = [p.name for p in H.EXAMPLES]
+    dog = H.EXAMPLES[examples.index("0012_dog.png")]
+    dog_path = {"path": str(dog)}
+    driver.get(url)
+
+    # On load: the Grad-CAM gallery explains the first five examples.
+    first = wait_for(driver, lambda d: len(gallery(d, "gradcam-gallery")) == 5 and gallery(d, "gradcam-gallery"),
+                     "the Grad-CAM gallery of the examples")
+    assert [caption for _, caption in first] == [c for _, c in space.gradcam(None, 5, "layer3", 0.5)]
+
+    # Click the dog example: the label shows the top 3 classes, as the model ranks them.
+    thumbnails = driver.find_elements(By.CSS_SELECTOR, "#examples button.gallery-item")
+    assert len(thumbnails) == 10
+    next(t for t in thumbnails if t.find_element(By.TAG_NAME, "img").get_attribute("src").endswith(dog.name)).click()
+    expected = list(space.classify(dog_path, 3))
+    wait_for(driver, lambda d: label_rows(d) == expected, f"the label to show {expected}")
+    top = driver.find_element(By.CSS_SELECTOR, "#prediction [data-testid=label-output-value]").text
+    assert top == expected[0]
+
+    # The Grad-CAM gallery now starts with the uploaded image, explained at the default layer.
+    cam = wait_for(driver, lambda d: (g := gallery(d, "gradcam-gallery")) and g[0][1].startswith("your image") and g,
+                   "the Grad-CAM gallery with the clicked example first")
+    assert [c for _, c in cam] == [c for _, c in space.gradcam(dog_path, 5, "layer3", 0.5)]
+    assert np.abs(fetch_rgb(cam[0][0]).astype(int) - space.gradcam(dog_path, 1, "layer3", 0.5)[0][0]).max() <= 2
+
+    # "Why not ...?": the predicted class beside the chosen one (default dog).
+    compare = wait_for(driver, lambda d: len(gallery(d, "compare-gallery")) == 2 and gallery(d, "compare-gallery"),
+                       "the why-not gallery")
+    assert compare[0][1].startswith(f"predicted: {expected[0]} (") and compare[1][1].startswith("why not dog? dog (")
+
+    # Another layer: new overlays, the ones the library computes for that layer.
+    choose(driver, "layer", "layer1: textures and small parts (16x16)")
+    cam_l1 = wait_for(driver, lambda d: changed(d, "gradcam-gallery", cam, 5), "overlays at layer1")
+    want = space.gradcam(dog_path, 1, "layer1", 0.5)[0][0]
+    assert np.abs(fetch_rgb(cam_l1[0][0]).astype(int) - want).max() <= 2
+
+    # More classes in the label.
+    set_slider(driver, "top-k", 5)
+    wait_for(driver, lambda d: label_rows(d) == list(space.classify(dog_path, 5)), "five classes in the label")
+
+    # Open the misclassified gallery: captions "predicted (p) / true" from the release's set.
+    assert not driver.find_elements(By.CSS_SELECTOR, "#misclassified-gallery .grid-container img")
+    driver.find_element(By.CSS_SELECTOR, "#show-misclassified input[type=checkbox]").click()
+    mis = wait_for(driver, lambda d: len(gallery(d, "misclassified-gallery")) == 10 and gallery(d, "misclassified-gallery"),
+                   "ten misclassified images")
+    assert [c for _, c in mis] == [c for _, c in space.misclassified_gallery(10, False, "layer1", 0.5)]
+    driver.find_element(By.CSS_SELECTOR, "#misclassified-gradcam input[type=checkbox]").click()
+    mis_cam = wait_for(driver, lambda d: changed(d, "misclassified-gallery", mis, 10), "Grad-CAM on the mistakes")
+    assert [c for _, c in mis_cam] == [c for _, c in mis]
+
+    # Opacity 0: the overlays fade to the plain (upscaled) images.
+    set_slider(driver, "opacity", 0)
+    cam_0 = wait_for(driver, lambda d: changed(d, "gradcam-gallery", cam_l1, 5), "overlays at opacity 0")
+    plain_dog = space.gradcam(dog_path, 1, "layer1", 0.0)[0][0]
+    assert np.array_equal(fetch_rgb(cam_0[0][0]), plain_dog)
+    wait_for(driver, lambda d: gallery(d, "misclassified-gallery") == mis, "plain mistakes again at opacity 0")
