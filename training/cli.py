@@ -17,7 +17,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.tuner import Tuner
 
 from resnet_cifar import ResNet9, card, count_parameters
@@ -26,6 +25,7 @@ from resnet_cifar.artifacts import save_misclassified
 from . import report
 from .data import DEFAULT_DATASET, AugmentConfig, CIFAR10DataModule
 from .module import OPTIMIZERS, LitResNet
+from .resumable_log import ResumableCSVLogger
 from .publish import PublishError, check_repo_id, publish, retry_command
 
 RELEASE_DIR = "release"
@@ -86,8 +86,11 @@ def _devices(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
 
-def make_trainer(args: argparse.Namespace) -> L.Trainer:
+def make_trainer(args: argparse.Namespace, resume: str | None = None) -> L.Trainer:
     """A Trainer with CSV logs, a last-epoch checkpoint every epoch and per-step LR logging."""
+    resume_step = None
+    if resume is not None:
+        resume_step = int(torch.load(resume, map_location="cpu", mmap=True, weights_only=False)["global_step"])
     return L.Trainer(
         max_epochs=args.epochs,
         accelerator=args.accelerator,
@@ -96,9 +99,12 @@ def make_trainer(args: argparse.Namespace) -> L.Trainer:
         num_nodes=args.num_nodes,
         precision=args.precision,
         default_root_dir=args.output_dir,
-        logger=CSVLogger(args.output_dir, name="", version="logs"),
+        # Flush every row: a killed run must not lose the epochs its checkpoint already covers.
+        logger=ResumableCSVLogger(args.output_dir, name="", version="logs", flush_logs_every_n_steps=1,
+                                  keep_before_step=resume_step),
         callbacks=[
-            ModelCheckpoint(dirpath=args.output_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1),
+            # Lightning writes last.ckpt only alongside a top-k save: keep the latest epoch (no monitor).
+            ModelCheckpoint(dirpath=args.output_dir / "checkpoints", save_last=True, save_top_k=1, every_n_epochs=1),
             LearningRateMonitor(logging_interval="step"),
         ],
         limit_train_batches=args.limit_train_batches,
@@ -227,7 +233,7 @@ def run(args: argparse.Namespace) -> Path | None:
              "final_div_factor": args.final_div_factor, "label_smoothing": args.label_smoothing,
              "channels_last": args.channels_last}
     lit = LitResNet(_model_config(dm, args), optim)
-    trainer = make_trainer(args)
+    trainer = make_trainer(args, resume)
     lr_file = args.output_dir / LR_FINDER_FILE
     lr_data = None
     if args.max_lr is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import importlib
 
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 
@@ -27,6 +27,7 @@ NETWORK_ERRORS = (HfHubHTTPError, OSError, ValueError, *_transport_errors())
 # Everything a release carries (see DESIGN.md); checkpoints, logs and anything else stay local.
 ALLOW_PATTERNS = ["model.safetensors", "config.json", "README.md", "misclassified.safetensors", "*.png"]
 REQUIRED_FILES = ("model.safetensors", "config.json", "README.md")
+_TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
@@ -52,6 +53,14 @@ def release_files(folder: str | Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_file() and any(p.match(g) for g in ALLOW_PATTERNS))
 
 
+def redact(text: str, token: str | None = None) -> str:
+    """Remove the token in use (argument, HF_TOKEN or saved login) and anything shaped like one."""
+    for secret in (token, get_token()):
+        if secret:
+            text = text.replace(secret, "***")
+    return _TOKEN_SHAPE.sub("hf_***", text)
+
+
 def retry_command(folder: str | Path, repo_id: str, private: bool) -> str:
     """The command that re-pushes the folder."""
     return f"resnet-cifar-push {folder} {repo_id}" + (" --private" if private else "")
@@ -75,9 +84,7 @@ def publish(folder: str | Path, repo_id: str, private: bool = False, token: str 
         )
     except NETWORK_ERRORS as err:
         # Keep it to one line, without the request (headers carry the token).
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if token:
-            reason = reason.replace(token, "***")
+        reason = redact(str(err).splitlines()[0] if str(err) else type(err).__name__, token)
         raise PublishError(
             f"push to {repo_id} failed ({type(err).__name__}: {reason}); the release is intact in {folder}; "
             f"retry with: {retry_command(folder, repo_id, private)}"

@@ -1,0 +1,50 @@
+"""A CSV logger that continues the log of a resumed run instead of deleting it."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+
+class _ContinuingWriter(ExperimentWriter):
+    """Keeps the rows logged before `keep_before_step`; rows of a partial epoch after it are redone."""
+
+    def __init__(self, log_dir: str, keep_before_step: int | None) -> None:
+        self._keep_before_step = keep_before_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        # Lightning deletes an existing metrics.csv here; a resumed run keeps its earlier rows instead.
+        if self._keep_before_step is None or not os.path.isfile(self.metrics_file_path):
+            super()._check_log_dir_exists()
+            return
+        with open(self.metrics_file_path, newline="") as f:
+            reader = csv.DictReader(f)
+            fieldnames = list(reader.fieldnames or [])
+            rows = [row for row in reader if row.get("step") and int(float(row["step"])) < self._keep_before_step]
+        with open(self.metrics_file_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.metrics_keys = sorted(fieldnames)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, but a run resumed at global step N keeps the rows logged before N."""
+
+    def __init__(self, *args, keep_before_step: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._keep_before_step = keep_before_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        """The writer, created on first use (on rank zero only, as in Lightning)."""
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(self.log_dir, self._keep_before_step)
+        return self._experiment
