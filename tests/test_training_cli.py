@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx2
+import torch
 import numpy as np
 import pytest
 from huggingface_hub import CommitInfo, HfApi
@@ -251,3 +252,20 @@ def test_ddp_without_max_lr_is_refused(tmp_path, capsys):
                      "--strategy", "ddp", "--output-dir", str(tmp_path)])
     assert code == 2
     assert "pass --max-lr for multi-device training" in capsys.readouterr().err
+
+
+def test_ema_weights_are_what_gets_released(tmp_path):
+    import safetensors.torch
+
+    def release(*extra: str) -> dict:
+        out = tmp_path / ("ema" if extra else "plain")
+        code = cli.main(SMOKE + ["--max-lr", "0.05", "--epochs", "1", "--limit-train-batches", "4",
+                                 "--limit-test-batches", "1", "--output-dir", str(out), *extra])
+        assert code == 0
+        return safetensors.torch.load_file(out / "release" / "model.safetensors")
+
+    plain, ema = release(), release("--ema-decay", "0.5")
+    assert plain.keys() == ema.keys()
+    assert any(not torch.equal(plain[k], ema[k]) for k in plain if k.endswith("weight"))
+    assert "| EMA of the weights | decay 0.5 |" in (tmp_path / "ema" / "release" / "README.md").read_text()
+    assert cli.main(SMOKE + ["--max-lr", "0.05", "--ema-decay", "1.5", "--output-dir", str(tmp_path / "bad")]) == 2

@@ -16,7 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.tuner import Tuner
 
 from resnet_cifar import ResNet9, card, count_parameters
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--label-smoothing", type=float, default=0.0)
     fit.add_argument("--dropout", type=float, default=0.0)
     fit.add_argument("--logit-scale", type=float, default=1.0, help="multiply logits (0.125 in the DAWNBench ResNet-9)")
+    fit.add_argument("--ema-decay", type=float, default=None,
+                     help="keep an EMA of the weights (e.g. 0.999) and release it instead of the last weights")
     fit.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     fit.add_argument("--seed", type=int, default=0)
     hw = p.add_argument_group("hardware (Lightning's own)")
@@ -91,6 +93,16 @@ def make_trainer(args: argparse.Namespace, resume: str | None = None) -> L.Train
     resume_step = None
     if resume is not None:
         resume_step = int(torch.load(resume, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+    callbacks: list[L.Callback] = [
+        # Lightning writes last.ckpt only beside a top-k save: keep the latest epoch (no monitor).
+        ModelCheckpoint(dirpath=args.output_dir / "checkpoints", save_last=True, save_top_k=1, every_n_epochs=1),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if args.ema_decay is not None:
+        if not 0.0 < args.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must be in (0, 1), got {args.ema_decay}")
+        # Swaps the average into the model at the end of fit, so test and release use it.
+        callbacks.append(EMAWeightAveraging(decay=args.ema_decay))
     return L.Trainer(
         max_epochs=args.epochs,
         accelerator=args.accelerator,
@@ -102,11 +114,7 @@ def make_trainer(args: argparse.Namespace, resume: str | None = None) -> L.Train
         # Flush every row: a killed run must not lose the epochs its checkpoint already covers.
         logger=ResumableCSVLogger(args.output_dir, name="", version="logs", flush_logs_every_n_steps=1,
                                   keep_before_step=resume_step),
-        callbacks=[
-            # Lightning writes last.ckpt only alongside a top-k save: keep the latest epoch (no monitor).
-            ModelCheckpoint(dirpath=args.output_dir / "checkpoints", save_last=True, save_top_k=1, every_n_epochs=1),
-            LearningRateMonitor(logging_interval="step"),
-        ],
+        callbacks=callbacks,
         limit_train_batches=args.limit_train_batches,
         limit_test_batches=args.limit_test_batches,
         log_every_n_steps=5,
@@ -150,6 +158,8 @@ def recipe(args: argparse.Namespace, lit: LitResNet, found_lr: bool, trainer: L.
                     f"final div {o.final_div_factor:g}, stepped per batch",
         "weight decay": o.weight_decay,
         "label smoothing": o.label_smoothing,
+        "EMA of the weights": f"decay {args.ema_decay}" if args.ema_decay else "no",
+        "channels_last": o.channels_last,
         "precision": args.precision,
         "hardware": f"{trainer.num_nodes} node(s) x {trainer.num_devices} {type(trainer.accelerator).__name__}",
         "seed": args.seed,
