@@ -1,0 +1,85 @@
+"""The bundled release at space/model: the real trained model the Space serves by default."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from resnet_cifar import ResNet9, card
+from resnet_cifar.artifacts import load_misclassified
+from resnet_cifar.preprocess import normalize
+
+ROOT = Path(__file__).parent.parent
+RELEASE = ROOT / "space" / "model"
+SAMPLE = ROOT / "tests" / "data" / "cifar10"
+
+
+@pytest.fixture(scope="module")
+def model() -> ResNet9:
+    return ResNet9.from_pretrained(RELEASE)
+
+
+@pytest.fixture(scope="module")
+def test_sample() -> tuple[np.ndarray, np.ndarray]:
+    import datasets
+
+    from training.data import local_cache_dir
+
+    split = datasets.load_dataset(str(SAMPLE), cache_dir=local_cache_dir(SAMPLE))["test"]
+    return np.stack([np.asarray(im.convert("RGB")) for im in split["img"]]), np.asarray(split["label"])
+
+
+def test_the_release_is_complete_and_small():
+    names = {p.name for p in RELEASE.iterdir()}
+    assert {"model.safetensors", "config.json", "README.md", "misclassified.safetensors"} <= names
+    assert {"confusion_matrix.png", "misclassified.png", "gradcam.png", "metrics.png", "lr_schedule.png"} <= names
+    assert not any(n.endswith((".bin", ".pt", ".pth", ".ckpt")) for n in names), "no pickle in the release"
+    assert sum(p.stat().st_size for p in RELEASE.iterdir()) < 30 * 2**20
+
+
+def test_the_bundled_model_loads_strictly_in_eval_mode(model):
+    assert not model.training
+    assert model.num_classes == 10 and model.class_names[3] == "cat"
+    assert sum(p.numel() for p in model.parameters()) == 6_573_130
+
+
+def test_it_classifies_real_test_images_as_its_card_leads_one_to_expect(model, test_sample):
+    images, labels = test_sample
+    with torch.inference_mode():
+        predictions = model(normalize(images, model.mean, model.std)).argmax(1).numpy()
+    accuracy = float((predictions == labels).mean())
+    stated = card.test_accuracy_of(RELEASE)
+    # 300 images: the sample accuracy scatters around the card's with sigma = sqrt(p(1-p)/n).
+    sigma = math.sqrt(stated * (1 - stated) / len(labels))
+    assert accuracy >= stated - 3 * sigma, f"{accuracy:.3f} on the sample vs {stated:.3f} on the card"
+    assert stated >= 0.6, "a real trained model (chance is 0.1), not a placeholder"
+
+
+def test_the_card_carries_accuracy_dataset_and_recipe():
+    content = (RELEASE / "README.md").read_text()
+    metadata = yaml.safe_load(content.split("---\n", 2)[1])
+    assert metadata["datasets"] == ["uoft-cs/cifar10"]
+    assert metadata["library_name"] == "resnet-cifar" and metadata["pipeline_tag"] == "image-classification"
+    result = metadata["model-index"][0]["results"][0]
+    assert result["metrics"][0]["type"] == "accuracy"
+    assert result["metrics"][0]["value"] == pytest.approx(card.test_accuracy_of(RELEASE))
+    assert result["dataset"]["split"] == "test"
+    stated = f"{card.test_accuracy_of(RELEASE) * 100:.2f} %"
+    assert stated in content
+    for row in ("| epochs |", "| optimizer |", "| max LR |", "| schedule |", "| batch size |", "| weight decay |"):
+        assert row in content, row
+
+
+def test_the_misclassified_set_is_what_the_weights_get_wrong(model):
+    mistakes = load_misclassified(RELEASE)
+    assert len(mistakes) >= 100
+    probs = model.probabilities(normalize(mistakes.images, model.mean, model.std)).numpy()
+    assert (probs.argmax(1) == mistakes.predicted_labels).all()
+    assert (mistakes.predicted_labels != mistakes.true_labels).all()
+    assert np.allclose(probs.max(1), mistakes.probabilities, atol=1e-4)
+    assert (np.diff(mistakes.probabilities) <= 1e-6).all(), "most confident mistakes first"
