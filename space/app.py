@@ -8,17 +8,23 @@ bundled `space/model/`. Four public API endpoints, each validating every argumen
 
 from __future__ import annotations
 
+import copy
+import functools
+import hashlib
+import io
 import logging
 import math
 import os
+import queue
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import gradio as gr
 import numpy as np
@@ -41,6 +47,7 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 GalleryItems = list[tuple[np.ndarray, str]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,10 @@ class Settings:
     default_why_not: str = "dog"
     max_file_size: str = "10mb"
     queue_size: int = 64
-    concurrency: int = 2  # a free Space has 2 vCPUs; model calls are serialized by a lock anyway
+    concurrency: int = 2  # requests running at once, each on its own model replica: a free Space has 2 vCPUs
+    # One thread per request: with 2 requests on 2 vCPUs more only oversubscribes, and on a busy machine 2 threads
+    # made a single forward pass ~6x slower than 1 (OpenMP workers waiting for each other; see BENCHMARKS.md).
+    torch_threads: int = 1
     delete_cache: tuple[int, int] = (3600, 3600)  # purge cached gallery files older than an hour, hourly
 
 
@@ -193,8 +203,15 @@ class Explainer:
         self.examples = examples
         self.settings = settings
         self.source = source
-        # Captum hooks live on the shared model: two explanations (or a forward) at once would mix activations.
-        self.lock = threading.Lock()
+        # Captum's hooks live on the module they explain, so two requests must never share a model at once. Model
+        # work runs on `concurrency` dedicated threads, each with its own replica; keeping torch's allocations on
+        # those few threads also keeps the memory of gradio's many worker threads from growing with them.
+        replicas = [model] + [copy.deepcopy(model) for _ in range(settings.concurrency - 1)]
+        self._replicas = queue.SimpleQueue()
+        for replica in replicas:
+            self._replicas.put(replica.to(memory_format=torch.channels_last))  # ~10% faster convolutions on CPU
+        self._model_threads = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="model")
+        self._thread_state = threading.local()
 
     @classmethod
     def load(cls, source: str, revision: str | None = None, settings: Settings = SETTINGS) -> "Explainer":
@@ -218,13 +235,43 @@ class Explainer:
         """The image upscaled (or downscaled) to the gallery size."""
         return resize_rgb(image, self.settings.display_size)
 
-    def _run(self, images: list[np.ndarray], layer: str | None, targets: list[int] | None = None):
-        """Probabilities and (when layer is given) Grad-CAM maps for all images in one batched pass."""
-        batch = self.model.preprocess(images)
-        with self.lock:
-            probs = self.model.probabilities(batch)
-            maps = explain(self.model, batch, layer, targets=targets) if layer else None
-        return probs, maps
+    def _on_model_thread(self, work: Callable[[ResNet9], T]) -> T:
+        """Run work(model) on a model thread, with the replica that thread owns."""
+
+        def task() -> T:
+            if not hasattr(self._thread_state, "model"):
+                self._thread_state.model = self._replicas.get_nowait()
+            return work(self._thread_state.model)
+
+        return self._model_threads.submit(task).result()
+
+    def _batch(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Normalized Nx3x32x32 batch in the replicas' memory format."""
+        return self.model.preprocess(images).contiguous(memory_format=torch.channels_last)
+
+    def _probabilities(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Class probabilities, N x num_classes."""
+        batch = self._batch(images)
+        return self._on_model_thread(lambda model: model.probabilities(batch))
+
+    def _explain(self, images: list[np.ndarray], layer: str, targets: list[int] | None = None):
+        """(probabilities, Grad-CAM maps) of all images from ONE batched forward and backward pass.
+
+        The maps explain `targets` (default: each image's predicted class); a hook keeps the logits of the
+        very forward pass Grad-CAM runs, so the captions cost no second forward.
+        """
+        batch = self._batch(images)
+
+        def work(model: ResNet9):
+            logits = []
+            hook = model.register_forward_hook(lambda _module, _inputs, output: logits.append(output.detach()))
+            try:
+                maps = explain(model, batch, layer, targets=targets)
+            finally:
+                hook.remove()
+            return torch.softmax(logits[-1], dim=1), maps
+
+        return self._on_model_thread(work)
 
     def _caption(self, probs: torch.Tensor, index: int) -> str:
         """'cat (0.87)' for a class index."""
@@ -234,7 +281,7 @@ class Explainer:
         """Top-k classes of an uploaded image: {class name: probability}, most likely first."""
         top_k = whole_number(top_k, "top_k", 1, self.model.num_classes)
         with timed("classify", 1):
-            probs, _ = self._run([read_image(image)], None)
+            probs = self._probabilities([read_image(image)])
             values, indices = probs[0].topk(top_k)
             return {self.model.class_names[i]: float(p) for p, i in zip(values.tolist(), indices.tolist())}
 
@@ -248,7 +295,7 @@ class Explainer:
             n_examples = count - len(images)
             images += self.examples[:n_examples]
             sources += [f"example {example_name(p)}" for p in self.example_paths[:n_examples]]
-            probs, maps = self._run(images, layer)
+            probs, maps = self._explain(images, layer)
             return [
                 (overlay(self._display(img), heat.numpy(), opacity), f"{src}: {self._caption(p, int(p.argmax()))}")
                 for img, heat, p, src in zip(images, maps, probs, sources)
@@ -262,12 +309,10 @@ class Explainer:
         with timed("compare", 2):
             rgb = read_image(image)
             chosen = self.model.class_names.index(class_name)
-            batch = self.model.preprocess([rgb])
-            with self.lock:
-                probs = self.model.probabilities(batch)[0]
-                predicted = int(probs.argmax())
-                # One batched pass explains both classes: the image twice, one target each.
-                maps = explain(self.model, batch.expand(2, -1, -1, -1), layer, targets=[predicted, chosen])
+            probs = self._probabilities([rgb])[0]
+            predicted = int(probs.argmax())
+            # One batched pass explains both classes: the image twice, one target each.
+            _, maps = self._explain([rgb, rgb], layer, targets=[predicted, chosen])
             shown = self._display(rgb)
             return [
                 (overlay(shown, maps[0].numpy(), opacity), f"predicted: {self._caption(probs, predicted)}"),
@@ -286,7 +331,7 @@ class Explainer:
             images = list(mis.images[:count])
             predicted = [int(i) for i in mis.predicted_labels[:count]]
             # Explain the (wrong) class the model chose: what made it think so.
-            maps = self._run(images, layer, targets=predicted)[1] if show_gradcam else [None] * count
+            maps = self._explain(images, layer, targets=predicted)[1] if show_gradcam else [None] * count
             names = self.model.class_names
             return [
                 (
@@ -307,6 +352,35 @@ def timed(endpoint: str, images: int) -> Iterator[None]:
     finally:
         ms = (time.perf_counter() - start) * 1000
         log.info("server time /%s images=%d %.1f ms%s", endpoint, images, ms, " (failed)" if failed else "")
+
+
+def save_png(image: np.ndarray, folder: Path) -> str:
+    """Write an image as a PNG named by its content, atomically, and return its path.
+
+    Gradio would save returned arrays itself, but it rewrites an identical image's file in place, so a visitor
+    downloading it while another request produces the same image (the default gallery of examples, say) gets a
+    truncated file. A content-named file written once through a rename is never seen half-written.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    data = buffer.getvalue()
+    path = folder / f"{hashlib.sha256(data).hexdigest()}.png"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}"
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    return str(path)
+
+
+def as_png_files(gallery_fn, folder: Path):
+    """Wrap a gallery function to return (PNG path, caption) pairs; the signature (API names) is kept."""
+
+    @functools.wraps(gallery_fn)
+    def gallery_files(*args):
+        return [(save_png(image, folder), caption) for image, caption in gallery_fn(*args)]
+
+    return gallery_files
 
 
 # ---------------------------------------------------------------- the page
@@ -373,21 +447,24 @@ def build_demo(space: Explainer) -> gr.Blocks:
             label="predicted (probability) / true", columns=5, format="png", visible=False,
             elem_id="misclassified-gallery", elem_classes="fit-gallery",
         )
-        wire_ui(demo, space, image, top_k, label, show_cam, cam_count, layer, opacity, cam_gallery, why_not,
-                compare_gallery, show_mis, mis_count, mis_cam, mis_gallery)
+        # Inside gradio's cache, so that it serves them and its delete_cache schedule removes them.
+        files = Path(cam_gallery.GRADIO_CACHE) / "space"
+        gradcam, compare, misclassified = (as_png_files(fn, files) for fn in (
+            space.gradcam, space.compare, space.misclassified_gallery))
+        wire_ui(demo, space, gradcam, compare, misclassified, image, top_k, label, show_cam, cam_count, layer,
+                opacity, cam_gallery, why_not, compare_gallery, show_mis, mis_count, mis_cam, mis_gallery)
         # The public API: not triggered by the page, called by clients. preprocess=False hands us the upload's
         # path undecoded, so that decoding failures become clear errors (gradio's decoder would give a generic one).
         api = dict(preprocess=False, concurrency_limit=s.concurrency, concurrency_id="model", api_visibility="public")
         gr.on([], space.classify, [image, top_k], label, api_name="classify", **api)
-        gr.on([], space.gradcam, [image, cam_count, layer, opacity], cam_gallery, api_name="gradcam", **api)
-        gr.on([], space.misclassified_gallery, [mis_count, mis_cam, layer, opacity], mis_gallery,
-              api_name="misclassified", **api)
-        gr.on([], space.compare, [image, why_not, layer, opacity], compare_gallery, api_name="compare", **api)
+        gr.on([], gradcam, [image, cam_count, layer, opacity], cam_gallery, api_name="gradcam", **api)
+        gr.on([], misclassified, [mis_count, mis_cam, layer, opacity], mis_gallery, api_name="misclassified", **api)
+        gr.on([], compare, [image, why_not, layer, opacity], compare_gallery, api_name="compare", **api)
     return demo
 
 
-def wire_ui(demo, space, image, top_k, label, show_cam, cam_count, layer, opacity, cam_gallery, why_not,
-            compare_gallery, show_mis, mis_count, mis_cam, mis_gallery) -> None:
+def wire_ui(demo, space, gradcam, compare, misclassified, image, top_k, label, show_cam, cam_count, layer, opacity,
+            cam_gallery, why_not, compare_gallery, show_mis, mis_count, mis_cam, mis_gallery) -> None:
     """Page events: private, tolerant of an empty image; a bad upload is reported once, by the classifier."""
 
     def ui_classify(img, k):
@@ -397,20 +474,20 @@ def wire_ui(demo, space, image, top_k, label, show_cam, cam_count, layer, opacit
         if not show:
             return gr.update(visible=False)
         try:
-            return gr.update(visible=True, value=space.gradcam(img, count, lay, op))
+            return gr.update(visible=True, value=gradcam(img, count, lay, op))
         except UploadError:
-            return gr.update(visible=True, value=space.gradcam(None, count, lay, op))
+            return gr.update(visible=True, value=gradcam(None, count, lay, op))
 
     def ui_compare(img, name, lay, op):
         try:
-            return None if img is None else space.compare(img, name, lay, op)
+            return None if img is None else compare(img, name, lay, op)
         except UploadError:
             return None
 
     def ui_misclassified(show, count, with_cam, lay, op):
         if not show or space.num_misclassified == 0:
             return gr.update(visible=False)
-        return gr.update(visible=True, value=space.misclassified_gallery(count, with_cam, lay, op))
+        return gr.update(visible=True, value=misclassified(count, with_cam, lay, op))
 
     ui = dict(preprocess=False, concurrency_limit=space.settings.concurrency, concurrency_id="model",
               api_visibility="private", trigger_mode="always_last")
@@ -427,9 +504,7 @@ def main() -> None:
     """Load the release and serve the Space on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (gradio reads both)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     log.setLevel(os.environ.get("SPACE_LOG_LEVEL", "INFO"))
-    threads = os.environ.get("SPACE_TORCH_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
+    torch.set_num_threads(int(os.environ.get("SPACE_TORCH_THREADS", SETTINGS.torch_threads)))
     source = model_source()
     space = Explainer.load(source, revision=os.environ.get("MODEL_REVISION") or None)
     log.info("serving %s (%d misclassified images, torch threads %d)", source, space.num_misclassified,

@@ -28,7 +28,7 @@ CHROMIUM_FLAGS = (
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-dev-shm-usage", "--window-size=1280,2200",
 )
-TIMEOUT = 60
+TIMEOUT = 120  # generous: CI machines and this one may be busy with other jobs
 
 
 def _helpers():
@@ -110,7 +110,7 @@ def label_rows(driver) -> list[str]:
 
 def fetch_rgb(url: str) -> np.ndarray:
     """The pixels of an image the page shows."""
-    with urllib.request.urlopen(url, timeout=30) as response:
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
         return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
 
 
