@@ -66,8 +66,8 @@ class Settings:
     max_file_size: str = "10mb"
     queue_size: int = 64
     concurrency: int = 2  # requests running at once, each on its own model replica: a free Space has 2 vCPUs
-    # One thread per request: with 2 requests on 2 vCPUs more only oversubscribes, and on a busy machine 2 threads
-    # made a single forward pass ~6x slower than 1 (OpenMP workers waiting for each other; see BENCHMARKS.md).
+    # One torch thread per request: two requests already fill 2 vCPUs, and on a busy machine 2 threads per pass
+    # were no faster than 1, at times several times slower (OpenMP workers waiting for each other; BENCHMARKS.md).
     torch_threads: int = 1
     delete_cache: tuple[int, int] = (3600, 3600)  # purge cached gallery files older than an hour, hourly
 
