@@ -47,6 +47,7 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 GalleryItems = list[tuple[np.ndarray, str]]
+RUNNER_UP = "runner-up"  # /compare's class_name for "the second most likely class, whichever it is"
 T = TypeVar("T")
 
 
@@ -62,7 +63,7 @@ class Settings:
     default_misclassified_shown: int = 10
     default_layer: str = "layer3"
     default_opacity: float = 0.5
-    default_why_not: str = "dog"
+    default_why_not: str = "runner-up"
     max_file_size: str = "10mb"
     queue_size: int = 64
     concurrency: int = 2  # requests running at once, each on its own model replica: a free Space has 2 vCPUs
@@ -302,21 +303,25 @@ class Explainer:
             ]
 
     def compare(self, image: Any, class_name: Any, layer: Any, opacity: Any) -> GalleryItems:
-        """Grad-CAM of the predicted class beside that of a class the visitor picks ("why not dog?")."""
-        if not isinstance(class_name, str) or class_name not in self.model.class_names:
-            raise RequestError(f"unknown class {class_name!r}; allowed are {', '.join(self.model.class_names)}")
+        """Grad-CAM of the predicted class beside that of a class the visitor picks ("why not dog?").
+
+        `class_name` is one of the model's classes, or "runner-up" for the second most likely one.
+        """
+        names = self.model.class_names
+        if not isinstance(class_name, str) or class_name not in (*names, RUNNER_UP):
+            raise RequestError(f"unknown class {class_name!r}; allowed are {', '.join(names)} or {RUNNER_UP!r}")
         layer, opacity = check_layer(layer), check_opacity(opacity)
         with timed("compare", 2):
             rgb = read_image(image)
-            chosen = self.model.class_names.index(class_name)
             probs = self._probabilities([rgb])[0]
-            predicted = int(probs.argmax())
+            predicted, runner_up = probs.topk(2).indices.tolist()
+            chosen = runner_up if class_name == RUNNER_UP else names.index(class_name)
             # One batched pass explains both classes: the image twice, one target each.
             _, maps = self._explain([rgb, rgb], layer, targets=[predicted, chosen])
             shown = self._display(rgb)
             return [
                 (overlay(shown, maps[0].numpy(), opacity), f"predicted: {self._caption(probs, predicted)}"),
-                (overlay(shown, maps[1].numpy(), opacity), f"why not {class_name}? {self._caption(probs, chosen)}"),
+                (overlay(shown, maps[1].numpy(), opacity), f"why not {names[chosen]}? {self._caption(probs, chosen)}"),
             ]
 
     def misclassified_gallery(self, count: Any, show_gradcam: Any, layer: Any, opacity: Any) -> GalleryItems:
@@ -394,7 +399,7 @@ Model: `{source}`."""
 # Galleries as tall as their images (gradio's default reserves 450 px); tiny uploads shown at a visible size.
 CSS = """
 .fit-gallery .fixed-height { min-height: 0 !important; max-height: none !important; }
-#upload img { min-width: 128px; }
+#upload img { min-width: 128px; object-fit: contain !important; }
 """
 
 
@@ -430,7 +435,7 @@ def build_demo(space: Explainer) -> gr.Blocks:
         cam_gallery = gr.Gallery(label="Grad-CAM", columns=5, format="png", elem_id="gradcam-gallery", elem_classes="fit-gallery")
         gr.Markdown("## Why not ...? Your image explained for a class you pick, beside the predicted one")
         with gr.Row():
-            why_not = gr.Dropdown(names, value=s.default_why_not if s.default_why_not in names else names[0],
+            why_not = gr.Dropdown([("the runner-up (2nd most likely class)", RUNNER_UP), *names], value=s.default_why_not,
                                   label="Explain your image as", scale=1, elem_id="why-not")
             compare_gallery = gr.Gallery(label="Predicted class vs. your class", columns=2, format="png", scale=1,
                                          elem_id="compare-gallery", elem_classes="fit-gallery")

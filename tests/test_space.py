@@ -331,11 +331,14 @@ def test_misclassified_captions_and_optional_gradcam(app, space, release, monkey
 
 
 def test_compare_explains_the_predicted_and_the_chosen_class(space):
+    ranked = list(space.classify({"path": str(EXAMPLES[0])}, 2))
     items = space.compare({"path": str(EXAMPLES[0])}, "dog", "layer3", 0.5)
-    predicted = space.classify({"path": str(EXAMPLES[0])}, 1)
     assert len(items) == 2
-    assert items[0][1].startswith(f"predicted: {next(iter(predicted))} (")
+    assert items[0][1].startswith(f"predicted: {ranked[0]} (")
     assert items[1][1].startswith("why not dog? dog (")
+    runner_up = space.compare({"path": str(EXAMPLES[0])}, "runner-up", "layer3", 0.5)
+    assert runner_up[1][1].startswith(f"why not {ranked[1]}? {ranked[1]} (")
+    assert not np.array_equal(runner_up[0][0], runner_up[1][0])
 
 
 def test_gallery_images_are_written_once_by_content(app, space, tmp_path):
@@ -521,8 +524,11 @@ def test_api_compare(client):
     items = call(client, "/compare", EXAMPLES[2], "frog", "layer2", 0.5)
     assert [item["caption"].split(" ")[0] for item in items] == ["predicted:", "why"]
     assert items[1]["caption"].startswith("why not frog? frog (")
-    refused(client, r"unknown class 'unicorn'; allowed are airplane, automobile", "/compare", EXAMPLES[2], "unicorn",
-            "layer2", 0.5)
+    refused(client, r"unknown class 'unicorn'; allowed are airplane, automobile, .* or 'runner-up'", "/compare",
+            EXAMPLES[2], "unicorn", "layer2", 0.5)
+    ranked = [c["label"] for c in call(client, "/classify", EXAMPLES[2], 2)["confidences"]]
+    assert call(client, "/compare", EXAMPLES[2], "runner-up", "layer2", 0.5)[1]["caption"].startswith(
+        f"why not {ranked[1]}? ")
     refused(client, "no image given", "/compare", None, "frog", "layer2", 0.5)
     refused(client, "opacity must be", "/compare", EXAMPLES[2], "frog", "layer2", -0.1)
 
@@ -547,6 +553,19 @@ def test_api_refuses_files_over_the_size_limit(server, tmp_path):
     with open(big, "rb") as f:
         response = httpx.post(f"{server}gradio_api/upload", files={"files": ("big.png", f, "image/png")}, timeout=60)
     assert response.status_code == 413, response.text
+
+
+def test_api_never_reads_or_serves_server_files(server):
+    """allowed_paths is empty: a request naming a server path is refused, and such files are not served."""
+    import httpx
+
+    base = f"{server}gradio_api"
+    for path in ("/etc/hostname", str(SPACE / "model" / "config.json"), str(EXAMPLES[0])):
+        payload = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 3]}
+        event = httpx.post(f"{base}/call/classify", json=payload, timeout=60).json()["event_id"]
+        answer = httpx.get(f"{base}/call/classify/{event}", timeout=120).text
+        assert answer.startswith("event: error") and "confidences" not in answer, (path, answer)
+        assert httpx.get(f"{base}/file={path}", timeout=60).status_code == 403, path
 
 
 def test_api_concurrent_requests_get_their_own_answers(server, space):

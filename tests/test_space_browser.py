@@ -173,10 +173,14 @@ def test_a_visitor_explores_the_space(browser_setup, driver):
     assert [c for _, c in cam] == [c for _, c in space.gradcam(dog_path, 5, "layer3", 0.5)]
     assert np.abs(fetch_rgb(cam[0][0]).astype(int) - space.gradcam(dog_path, 1, "layer3", 0.5)[0][0]).max() <= 2
 
-    # "Why not ...?": the predicted class beside the chosen one (default dog).
+    # "Why not ...?": the predicted class beside the runner-up by default, then beside a class the visitor picks.
     compare = wait_for(driver, lambda d: len(gallery(d, "compare-gallery")) == 2 and gallery(d, "compare-gallery"),
                        "the why-not gallery")
-    assert compare[0][1].startswith(f"predicted: {expected[0]} (") and compare[1][1].startswith("why not dog? dog (")
+    assert compare[0][1].startswith(f"predicted: {expected[0]} (")
+    assert compare[1][1].startswith(f"why not {expected[1]}? {expected[1]} (")
+    choose(driver, "why-not", "truck")
+    compare = wait_for(driver, lambda d: changed(d, "compare-gallery", compare, 2), "the why-not gallery for truck")
+    assert compare[1][1].startswith("why not truck? truck (")
 
     # Another layer: new overlays, the ones the library computes for that layer.
     choose(driver, "layer", "layer1: textures and small parts (16x16)")
