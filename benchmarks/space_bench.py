@@ -104,7 +104,8 @@ class Server:
     def peak_rss_mb(self) -> tuple[float, float]:
         """(current RSS, peak RSS) of the server process in MiB, from /proc."""
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        kb = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in status.splitlines()) if k in ("VmRSS", "VmHWM")}
+        fields = (line.split(":", 1) for line in status.splitlines())
+        kb = {k: int(v.split()[0]) for k, v in fields if k in ("VmRSS", "VmHWM")}
         return kb["VmRSS"] / 1024, kb["VmHWM"] / 1024
 
     def stop(self) -> None:

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import gradio as gr
@@ -149,9 +150,13 @@ def read_image(upload: Any) -> np.ndarray:
             image.load()
             return to_rgb_uint8(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError as err:
-        raise UploadError(f"image refused as a possible decompression bomb: {err} At most {MAX_PIXELS:,} pixels are allowed") from err
+        raise UploadError(
+            f"image refused as a possible decompression bomb: {err} At most {MAX_PIXELS:,} pixels are allowed"
+        ) from err
     except UnidentifiedImageError as err:
-        raise UploadError("the file is not an image that can be read; upload a PNG, JPEG, WebP, GIF, BMP or TIFF") from err
+        raise UploadError(
+            "the file is not an image that can be read; upload a PNG, JPEG, WebP, GIF, BMP or TIFF"
+        ) from err
     except ValueError as err:  # resnet_cifar's own limits: size, pixel types
         raise UploadError(f"image refused: {err}") from err
     except Exception as err:  # truncated or corrupt data surfaces as OSError, SyntaxError, EOFError, zlib.error...
@@ -404,105 +409,116 @@ CSS = """
 
 
 def build_demo(space: Explainer) -> gr.Blocks:
-    """The page and its API: UI events are private; the four public endpoints validate every argument."""
-    s, names = space.settings, list(space.model.class_names)
-    with gr.Blocks(title="ResNet-9 CIFAR-10 explained", delete_cache=s.delete_cache) as demo:
-        gr.Markdown(INTRO.format(source=space.source))
-        with gr.Row():
-            with gr.Column():
-                image = gr.Image(
-                    type="filepath", image_mode=None, label="Your image", sources=["upload", "clipboard"],
-                    height=240, elem_id="upload",
-                )
-                gr.Examples(
-                    [[str(p)] for p in space.example_paths], inputs=image, label="Or click a CIFAR-10 test image",
-                    examples_per_page=len(space.example_paths), api_visibility="private", elem_id="examples",
-                )
-            with gr.Column():
-                top_k = gr.Slider(1, space.model.num_classes, s.default_top_k, step=1, label="Top classes", elem_id="top-k")
-                label = gr.Label(label="Prediction", elem_id="prediction")
-        gr.Markdown("## Grad-CAM: where the model looks")
-        with gr.Row():
-            show_cam = gr.Checkbox(True, label="Show Grad-CAM", elem_id="show-gradcam")
-            cam_count = gr.Slider(
-                1, s.max_gradcam_images, s.default_gradcam_images, step=1, elem_id="gradcam-count",
-                label="Number of Grad-CAM images", info="your image first, then the examples",
-            )
-            layer = gr.Dropdown(
-                [(LAYER_DESCRIPTIONS[n], n) for n in LAYERS], value=s.default_layer, label="Layer", elem_id="layer",
-            )
-            opacity = gr.Slider(0, 1, s.default_opacity, step=0.05, label="Heatmap opacity", elem_id="opacity")
-        cam_gallery = gr.Gallery(label="Grad-CAM", columns=5, format="png", elem_id="gradcam-gallery", elem_classes="fit-gallery")
-        gr.Markdown("## Why not ...? Your image explained for a class you pick, beside the predicted one")
-        with gr.Row():
-            why_not = gr.Dropdown([("the runner-up (2nd most likely class)", RUNNER_UP), *names], value=s.default_why_not,
-                                  label="Explain your image as", scale=1, elem_id="why-not")
-            compare_gallery = gr.Gallery(label="Predicted class vs. your class", columns=2, format="png", scale=1,
-                                         elem_id="compare-gallery", elem_classes="fit-gallery")
-        gr.Markdown("## Misclassified test images: the model's most confident mistakes")
-        n_mis = space.num_misclassified
-        with gr.Row():
-            show_mis = gr.Checkbox(False, label="Show misclassified images", interactive=n_mis > 0, elem_id="show-misclassified")
-            mis_count = gr.Slider(
-                1, max(n_mis, 1), min(s.default_misclassified_shown, max(n_mis, 1)), step=1,
-                label=f"How many (of {n_mis})", elem_id="misclassified-count",
-            )
-            mis_cam = gr.Checkbox(False, label="Overlay Grad-CAM on them", elem_id="misclassified-gradcam")
-        mis_gallery = gr.Gallery(
-            label="predicted (probability) / true", columns=5, format="png", visible=False,
-            elem_id="misclassified-gallery", elem_classes="fit-gallery",
+    """The page and its API: page events are private; the four public endpoints validate every argument."""
+    with gr.Blocks(title="ResNet-9 CIFAR-10 explained", delete_cache=space.settings.delete_cache) as demo:
+        ui = layout(space)
+        # Gallery PNGs go inside gradio's cache, so that it serves them and its delete_cache schedule removes them.
+        files = Path(ui.cam_gallery.GRADIO_CACHE) / "space"
+        galleries = SimpleNamespace(
+            gradcam=as_png_files(space.gradcam, files), compare=as_png_files(space.compare, files),
+            misclassified=as_png_files(space.misclassified_gallery, files),
         )
-        # Inside gradio's cache, so that it serves them and its delete_cache schedule removes them.
-        files = Path(cam_gallery.GRADIO_CACHE) / "space"
-        gradcam, compare, misclassified = (as_png_files(fn, files) for fn in (
-            space.gradcam, space.compare, space.misclassified_gallery))
-        wire_ui(demo, space, gradcam, compare, misclassified, image, top_k, label, show_cam, cam_count, layer,
-                opacity, cam_gallery, why_not, compare_gallery, show_mis, mis_count, mis_cam, mis_gallery)
-        # The public API: not triggered by the page, called by clients. preprocess=False hands us the upload's
-        # path undecoded, so that decoding failures become clear errors (gradio's decoder would give a generic one).
-        api = dict(preprocess=False, concurrency_limit=s.concurrency, concurrency_id="model", api_visibility="public")
-        gr.on([], space.classify, [image, top_k], label, api_name="classify", **api)
-        gr.on([], gradcam, [image, cam_count, layer, opacity], cam_gallery, api_name="gradcam", **api)
-        gr.on([], misclassified, [mis_count, mis_cam, layer, opacity], mis_gallery, api_name="misclassified", **api)
-        gr.on([], compare, [image, why_not, layer, opacity], compare_gallery, api_name="compare", **api)
+        wire_api(space, ui, galleries)  # first: the public names must not be taken by page events
+        wire_page(demo, space, ui, galleries)
     return demo
 
 
-def wire_ui(demo, space, gradcam, compare, misclassified, image, top_k, label, show_cam, cam_count, layer, opacity,
-            cam_gallery, why_not, compare_gallery, show_mis, mis_count, mis_cam, mis_gallery) -> None:
+def layout(space: Explainer) -> SimpleNamespace:
+    """Create the page's components, in reading order; returns them by name."""
+    s, names, n_mis = space.settings, list(space.model.class_names), space.num_misclassified
+    ui = SimpleNamespace()
+    gr.Markdown(INTRO.format(source=space.source))
+    with gr.Row():
+        with gr.Column():
+            ui.image = gr.Image(type="filepath", image_mode=None, label="Your image", sources=["upload", "clipboard"],
+                                height=240, elem_id="upload")
+            gr.Examples([[str(p)] for p in space.example_paths], inputs=ui.image,
+                        label="Or click a CIFAR-10 test image", examples_per_page=len(space.example_paths),
+                        api_visibility="private", elem_id="examples")
+        with gr.Column():
+            ui.top_k = gr.Slider(1, space.model.num_classes, s.default_top_k, step=1, label="Top classes",
+                                 elem_id="top-k")
+            ui.label = gr.Label(label="Prediction", elem_id="prediction")
+    gr.Markdown("## Grad-CAM: where the model looks")
+    with gr.Row():
+        ui.show_cam = gr.Checkbox(True, label="Show Grad-CAM", elem_id="show-gradcam")
+        ui.cam_count = gr.Slider(1, s.max_gradcam_images, s.default_gradcam_images, step=1, elem_id="gradcam-count",
+                                 label="Number of Grad-CAM images", info="your image first, then the examples")
+        ui.layer = gr.Dropdown([(LAYER_DESCRIPTIONS[n], n) for n in LAYERS], value=s.default_layer, label="Layer",
+                               elem_id="layer")
+        ui.opacity = gr.Slider(0, 1, s.default_opacity, step=0.05, label="Heatmap opacity", elem_id="opacity")
+    ui.cam_gallery = gr.Gallery(label="Grad-CAM", columns=5, format="png", elem_id="gradcam-gallery",
+                                elem_classes="fit-gallery")
+    gr.Markdown("## Why not ...? Your image explained for a class you pick, beside the predicted one")
+    with gr.Row():
+        ui.why_not = gr.Dropdown([("the runner-up (2nd most likely class)", RUNNER_UP), *names],
+                                 value=s.default_why_not, label="Explain your image as", scale=1, elem_id="why-not")
+        ui.compare_gallery = gr.Gallery(label="Predicted class vs. your class", columns=2, format="png", scale=1,
+                                        elem_id="compare-gallery", elem_classes="fit-gallery")
+    gr.Markdown("## Misclassified test images: the model's most confident mistakes")
+    with gr.Row():
+        ui.show_mis = gr.Checkbox(False, label="Show misclassified images", interactive=n_mis > 0,
+                                  elem_id="show-misclassified")
+        ui.mis_count = gr.Slider(1, max(n_mis, 1), min(s.default_misclassified_shown, max(n_mis, 1)), step=1,
+                                 label=f"How many (of {n_mis})", elem_id="misclassified-count")
+        ui.mis_cam = gr.Checkbox(False, label="Overlay Grad-CAM on them", elem_id="misclassified-gradcam")
+    ui.mis_gallery = gr.Gallery(label="predicted (probability) / true", columns=5, format="png", visible=False,
+                                elem_id="misclassified-gallery", elem_classes="fit-gallery")
+    return ui
+
+
+def wire_api(space: Explainer, ui: SimpleNamespace, galleries: SimpleNamespace) -> None:
+    """The public endpoints: no page event triggers them; clients call them by name.
+
+    preprocess=False hands over the upload's path undecoded, so that decoding failures become clear errors
+    (gradio's own decoder would fail with a generic one).
+    """
+    api = dict(preprocess=False, concurrency_limit=space.settings.concurrency, concurrency_id="model",
+               api_visibility="public")
+    gr.on([], space.classify, [ui.image, ui.top_k], ui.label, api_name="classify", **api)
+    gr.on([], galleries.gradcam, [ui.image, ui.cam_count, ui.layer, ui.opacity], ui.cam_gallery, api_name="gradcam",
+          **api)
+    gr.on([], galleries.misclassified, [ui.mis_count, ui.mis_cam, ui.layer, ui.opacity], ui.mis_gallery,
+          api_name="misclassified", **api)
+    gr.on([], galleries.compare, [ui.image, ui.why_not, ui.layer, ui.opacity], ui.compare_gallery,
+          api_name="compare", **api)
+
+
+def wire_page(demo: gr.Blocks, space: Explainer, ui: SimpleNamespace, galleries: SimpleNamespace) -> None:
     """Page events: private, tolerant of an empty image; a bad upload is reported once, by the classifier."""
 
-    def ui_classify(img, k):
-        return None if img is None else space.classify(img, k)
+    def page_classify(image, top_k):
+        return None if image is None else space.classify(image, top_k)
 
-    def ui_gradcam(img, show, count, lay, op):
+    def page_gradcam(image, show, count, layer, opacity):
         if not show:
             return gr.update(visible=False)
         try:
-            return gr.update(visible=True, value=gradcam(img, count, lay, op))
+            return gr.update(visible=True, value=galleries.gradcam(image, count, layer, opacity))
         except UploadError:
-            return gr.update(visible=True, value=gradcam(None, count, lay, op))
+            return gr.update(visible=True, value=galleries.gradcam(None, count, layer, opacity))
 
-    def ui_compare(img, name, lay, op):
+    def page_compare(image, class_name, layer, opacity):
         try:
-            return None if img is None else compare(img, name, lay, op)
+            return None if image is None else galleries.compare(image, class_name, layer, opacity)
         except UploadError:
             return None
 
-    def ui_misclassified(show, count, with_cam, lay, op):
+    def page_misclassified(show, count, with_cam, layer, opacity):
         if not show or space.num_misclassified == 0:
             return gr.update(visible=False)
-        return gr.update(visible=True, value=misclassified(count, with_cam, lay, op))
+        return gr.update(visible=True, value=galleries.misclassified(count, with_cam, layer, opacity))
 
-    ui = dict(preprocess=False, concurrency_limit=space.settings.concurrency, concurrency_id="model",
-              api_visibility="private", trigger_mode="always_last")
-    gr.on([image.change, top_k.change], ui_classify, [image, top_k], label, **ui)
-    gr.on([demo.load, image.change, show_cam.change, cam_count.change, layer.change, opacity.change],
-          ui_gradcam, [image, show_cam, cam_count, layer, opacity], cam_gallery, **ui)
-    gr.on([image.change, why_not.change, layer.change, opacity.change],
-          ui_compare, [image, why_not, layer, opacity], compare_gallery, **ui)
-    gr.on([show_mis.change, mis_count.change, mis_cam.change, layer.change, opacity.change],
-          ui_misclassified, [show_mis, mis_count, mis_cam, layer, opacity], mis_gallery, **ui)
+    page = dict(preprocess=False, concurrency_limit=space.settings.concurrency, concurrency_id="model",
+                api_visibility="private", trigger_mode="always_last")
+    explained = [ui.layer.change, ui.opacity.change]
+    gr.on([ui.image.change, ui.top_k.change], page_classify, [ui.image, ui.top_k], ui.label, **page)
+    gr.on([demo.load, ui.image.change, ui.show_cam.change, ui.cam_count.change, *explained], page_gradcam,
+          [ui.image, ui.show_cam, ui.cam_count, ui.layer, ui.opacity], ui.cam_gallery, **page)
+    gr.on([ui.image.change, ui.why_not.change, *explained], page_compare,
+          [ui.image, ui.why_not, ui.layer, ui.opacity], ui.compare_gallery, **page)
+    gr.on([ui.show_mis.change, ui.mis_count.change, ui.mis_cam.change, *explained], page_misclassified,
+          [ui.show_mis, ui.mis_count, ui.mis_cam, ui.layer, ui.opacity], ui.mis_gallery, **page)
 
 
 def main() -> None:

@@ -213,7 +213,8 @@ def client(server):
 
 def test_app_imports_only_the_library_gradio_and_basics():
     tree = ast.parse((SPACE / "app.py").read_text())
-    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names}
     roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     third_party = roots - set(sys.stdlib_module_names)
     assert third_party <= {"gradio", "numpy", "PIL", "torch", "resnet_cifar"}, third_party
@@ -437,7 +438,8 @@ def refused(client, pattern: str, api_name: str, *args) -> None:
 
 def test_api_lists_exactly_the_four_documented_endpoints(client):
     api = client.view_api(return_format="dict", print_info=False)
-    endpoints = {name: [p["parameter_name"] for p in info["parameters"]] for name, info in api["named_endpoints"].items()}
+    endpoints = {name: [p["parameter_name"] for p in info["parameters"]]
+                 for name, info in api["named_endpoints"].items()}
     assert endpoints == {
         "/classify": ["image", "top_k"],
         "/gradcam": ["image_or_none", "count", "layer", "opacity"],

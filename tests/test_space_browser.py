@@ -195,7 +195,7 @@ def test_a_visitor_explores_the_space(browser_setup, driver):
     # Open the misclassified gallery: captions "predicted (p) / true" from the release's set.
     assert not driver.find_elements(By.CSS_SELECTOR, "#misclassified-gallery .grid-container img")
     driver.find_element(By.CSS_SELECTOR, "#show-misclassified input[type=checkbox]").click()
-    mis = wait_for(driver, lambda d: len(gallery(d, "misclassified-gallery")) == 10 and gallery(d, "misclassified-gallery"),
+    mis = wait_for(driver, lambda d: (g := gallery(d, "misclassified-gallery")) and len(g) == 10 and g,
                    "ten misclassified images")
     assert [c for _, c in mis] == [c for _, c in space.misclassified_gallery(10, False, "layer1", 0.5)]
     driver.find_element(By.CSS_SELECTOR, "#misclassified-gradcam input[type=checkbox]").click()
