@@ -50,7 +50,8 @@ def explain(
     """Grad-CAM maps (N x H x W, each scaled to [0, 1]) for a normalized NxCxHxW batch at a named layer.
 
     `targets` defaults to each image's predicted class. One forward and one backward serve the whole batch;
-    works under an outer no_grad/inference_mode and restores the model's train/eval mode.
+    works under an outer no_grad/inference_mode and restores the model's train/eval mode. Not safe to call
+    from two threads on the same model at once (Captum hooks the model's layer): give each thread its own copy.
     """
     module = _layer(model, layer)
     if batch.ndim != 4:
