@@ -32,7 +32,7 @@ MAX_PIXELS = 40_000_000
 ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
 
 
-def _check_size(height: int, width: int) -> None:
+def check_size(height: int, width: int) -> None:
     """Refuse zero-sized and absurdly large images before any pixel is decoded."""
     if height <= 0 or width <= 0:
         raise ValueError(f"image is empty ({width}x{height} pixels); need at least 1x1")
@@ -92,7 +92,7 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
         raise ValueError(
             f"image array has shape {tuple(array.shape)}; allowed are HxW, HxWx1, HxWx3 and HxWx4"
         )
-    _check_size(array.shape[0], array.shape[1])
+    check_size(array.shape[0], array.shape[1])
     array = _to_uint8(array)
     if array.shape[2] == 1:
         return np.repeat(array, 3, axis=2)
@@ -103,7 +103,7 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
 
 def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     """Convert a PIL image of any mode to HxWx3 uint8; transparency is composited on white."""
-    _check_size(image.height, image.width)
+    check_size(image.height, image.width)
     mode = image.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         # High-bit-depth grayscale: keep the dynamic range rather than PIL's clipping convert("L").

@@ -35,7 +35,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from resnet_cifar import ResNet9
 from resnet_cifar.artifacts import MISCLASSIFIED_NAME, MisclassifiedSet, load_misclassified
 from resnet_cifar.gradcam import LAYER_DESCRIPTIONS, LAYERS, explain, overlay
-from resnet_cifar.preprocess import MAX_PIXELS, resize_rgb, to_rgb_uint8
+from resnet_cifar.preprocess import MAX_PIXELS, check_size, resize_rgb, to_rgb_uint8
 
 HERE = Path(__file__).resolve().parent
 BUNDLED_MODEL = HERE / "model"
@@ -141,12 +141,7 @@ def read_image(upload: Any) -> np.ndarray:
         raise UploadError("the uploaded file is empty (0 bytes); upload an image such as a PNG or JPEG")
     try:
         with Image.open(path) as image:
-            # Checked on the header, before a single pixel is decoded.
-            if image.width * image.height > MAX_PIXELS:
-                raise ValueError(
-                    f"image is {image.width}x{image.height} = {image.width * image.height:,} pixels; "
-                    f"at most {MAX_PIXELS:,} are allowed"
-                )
+            check_size(image.height, image.width)  # on the header, before a single pixel is decoded
             image.load()
             return to_rgb_uint8(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError as err:

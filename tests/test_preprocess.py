@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from resnet_cifar import CIFAR10_MEAN, CIFAR10_STD, ResNet9, preprocess
-from resnet_cifar.preprocess import _check_size, to_rgb_uint8
+from resnet_cifar.preprocess import check_size, to_rgb_uint8
 
 
 def normalized(rgb, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> torch.Tensor:
@@ -212,9 +212,9 @@ def test_huge_images_are_refused_before_decoding(make):
 
 
 def test_size_limit_is_inclusive():
-    _check_size(5000, 8000)  # exactly 40 MP: allowed (checked directly: decoding it would take seconds)
+    check_size(5000, 8000)  # exactly 40 MP: allowed (checked directly: decoding it would take seconds)
     with pytest.raises(ValueError, match="8001x5000 = 40,005,000 pixels"):
-        _check_size(5000, 8001)
+        check_size(5000, 8001)
 
 
 @pytest.mark.parametrize(

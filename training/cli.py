@@ -26,7 +26,7 @@ from . import report
 from .data import DEFAULT_DATASET, AugmentConfig, CIFAR10DataModule
 from .module import OPTIMIZERS, LitResNet
 from .resumable_log import ResumableCSVLogger
-from .publish import PublishError, check_repo_id, publish, retry_command
+from .publish import PublishError, check_repo_id, publish
 
 RELEASE_DIR = "release"
 LR_FINDER_FILE = "lr_finder.json"
@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--push-to-hub", metavar="OWNER/NAME", default=None)
     out.add_argument("--private", action="store_true", help="create the Hub repo private")
     return p
+
+
+def _checked_repo_id(parser: argparse.ArgumentParser, repo_id: str) -> None:
+    """Exit with a usage error (status 2) unless repo_id is 'owner/name'."""
+    try:
+        check_repo_id(repo_id)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def _devices(value: str) -> int | str:
@@ -274,10 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.push_to_hub is not None:
-        try:
-            check_repo_id(args.push_to_hub)
-        except ValueError as err:
-            parser.error(str(err))
+        _checked_repo_id(parser, args.push_to_hub)
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
     try:
@@ -303,10 +308,7 @@ def push_main(argv: list[str] | None = None) -> int:
     parser.add_argument("repo_id", metavar="OWNER/NAME")
     parser.add_argument("--private", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        check_repo_id(args.repo_id)
-    except ValueError as err:
-        parser.error(str(err))
+    _checked_repo_id(parser, args.repo_id)
     try:
         url = publish(args.folder, args.repo_id, private=args.private)
     except PublishError as err:
