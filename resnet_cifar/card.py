@@ -10,21 +10,26 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .model import REPO_URL
 from .preprocess import CIFAR10_CLASSES
+from .release import CARD_NAME, CONFIG_NAME, MISCLASSIFIED_NAME, PLOTS, TRAINING_CONFIG_NAME, WEIGHTS_NAME
 
 DEFAULT_DATASET = "uoft-cs/cifar10"
 
 
 @dataclass
 class CardInfo:
-    """Everything a release's model card states; accuracies are fractions in [0, 1]."""
+    """Everything a release's model card states; accuracies are fractions in [0, 1].
+
+    `recipe` is the (setting, value) rows of the run's resolved config, `augmentation` the words for what the
+    augmentation did; `repo_id` is the Hub repo the release is pushed to (None: a local release folder).
+    """
 
     test_accuracy: float
-    per_class_accuracy: dict[str, float]
-    recipe: dict[str, Any]
+    per_class_accuracy: dict[str, float | None]
+    recipe: list[tuple[str, str]]
     parameters: int
-    repo_id: str = "owner/resnet9-cifar10"
+    augmentation: str | None = None
+    repo_id: str | None = None
     class_names: tuple[str, ...] = CIFAR10_CLASSES
     test_loss: float | None = None
     tta_accuracy: float | None = None
@@ -33,7 +38,7 @@ class CardInfo:
     model_name: str = "ResNet-9 for CIFAR-10"
     train_time: str | None = None
     epochs_table: list[dict[str, Any]] = field(default_factory=list)
-    plots: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
+    plots: list[str] = field(default_factory=list)  # release file names, shown with their captions from PLOTS
     license: str = "mit"
 
 
@@ -74,11 +79,17 @@ def card_data(info: CardInfo) -> ModelCardData:
 def render(info: CardInfo) -> ModelCard:
     """Render the model card and check that its metadata reads back with the same accuracy."""
     dataset_url = f"https://huggingface.co/datasets/{DEFAULT_DATASET}"
+    unknown = [name for name in info.plots if name not in PLOTS]
+    if unknown:
+        raise ValueError(f"plots {unknown} are not release files; the release's plots are {', '.join(PLOTS)}")
     card = ModelCard.from_template(
         card_data(info),
         template_str=template(),
-        repo_url=REPO_URL,
         dataset_url=dataset_url,
+        files={"weights": WEIGHTS_NAME, "config": CONFIG_NAME, "misclassified": MISCLASSIFIED_NAME,
+               "training_config": TRAINING_CONFIG_NAME},
+        plot_captions=PLOTS,
+        source=f'"{info.repo_id}"' if info.repo_id else '"path/to/release"',
         **{k: v for k, v in vars(info).items() if k not in ("license", "dataset")},
     )
     validate(card.content, info.test_accuracy)
@@ -100,7 +111,7 @@ def validate(content: str, expected_accuracy: float | None = None) -> dict[str, 
     accuracies = [r.metric_value for r in results if r.metric_type == "accuracy"]
     if not accuracies:
         raise ValueError("model card model-index carries no accuracy result")
-    if expected_accuracy is not None and abs(accuracies[0] - expected_accuracy) > 5e-5:
+    if expected_accuracy is not None and abs(accuracies[0] - round(float(expected_accuracy), 4)) > 1e-9:
         raise ValueError(f"model card accuracy {accuracies[0]} differs from the measured {expected_accuracy}")
     return metadata
 
@@ -108,7 +119,7 @@ def validate(content: str, expected_accuracy: float | None = None) -> dict[str, 
 def test_accuracy_of(source: str | Path) -> float:
     """The test accuracy a release's card states (a README.md path or a folder holding one)."""
     path = Path(source)
-    card = ModelCard.load(path / "README.md" if path.is_dir() else path)
+    card = ModelCard.load(path / CARD_NAME if path.is_dir() else path)
     for result in card.data.eval_results or []:
         if result.metric_type == "accuracy":
             return float(result.metric_value)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerGradCam
+from PIL import Image
 from torch import nn
 
 LAYERS: tuple[str, ...] = ("prep", "layer1", "layer2", "layer3")
@@ -20,10 +22,25 @@ LAYER_DESCRIPTIONS: dict[str, str] = {
 }
 
 
+def check_layer(layer: object) -> str:
+    """`layer` if it is one of LAYERS, else a ValueError listing the allowed names."""
+    if not isinstance(layer, str) or layer not in LAYERS:
+        raise ValueError(f"unknown Grad-CAM layer {repr(layer)[:40]}; allowed are {', '.join(LAYERS)}")
+    return layer
+
+
+def check_opacity(opacity: object) -> float:
+    """`opacity` as a float in [0, 1] (numpy numbers too), else a ValueError saying what is allowed."""
+    if not (isinstance(opacity, numbers.Real) and not isinstance(opacity, (bool, np.bool_))
+            and 0.0 <= float(opacity) <= 1.0):
+        raise ValueError(f"opacity must be a number from 0 to 1, got {repr(opacity)[:40]}")
+    return float(opacity)
+
+
 def _layer(model: nn.Module, layer: str) -> nn.Module:
     """The child module named `layer`, or a ValueError listing the allowed names."""
-    if layer not in LAYERS or not hasattr(model, layer):
-        raise ValueError(f"unknown Grad-CAM layer {layer!r}; allowed are {', '.join(LAYERS)}")
+    if not hasattr(model, check_layer(layer)):
+        raise ValueError(f"the model has no block {layer!r}; Grad-CAM explains {', '.join(LAYERS)} of a ResNet9")
     return getattr(model, layer)
 
 
@@ -31,13 +48,16 @@ def _targets(targets: int | Sequence[int] | torch.Tensor | None, n: int, num_cla
     """Validate explicit class targets (one per image, or one for all) as a LongTensor of length n."""
     if targets is None:
         return None
-    t = torch.as_tensor(targets, dtype=torch.long).flatten()
+    t = torch.as_tensor(targets)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"targets must be integer class ids from 0 to {num_classes - 1}, got {t.dtype} values")
+    t = t.long().flatten()
     if t.numel() == 1:
         t = t.expand(n)
     if t.numel() != n:
         raise ValueError(f"got {t.numel()} targets for {n} images; give one per image or a single class")
     if (t < 0).any() or (t >= num_classes).any():
-        raise ValueError(f"targets must be class ids from 0 to {num_classes - 1}, got {t.tolist()}")
+        raise ValueError(f"targets must be class ids from 0 to {num_classes - 1}, got {t.tolist()[:10]}")
     return t
 
 
@@ -46,18 +66,29 @@ def explain(
     batch: torch.Tensor,
     layer: str = "layer3",
     targets: int | Sequence[int] | torch.Tensor | None = None,
-) -> torch.Tensor:
+    return_probabilities: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM maps (N x H x W, each scaled to [0, 1]) for a normalized NxCxHxW batch at a named layer.
 
     `targets` defaults to each image's predicted class. One forward and one backward serve the whole batch;
-    works under an outer no_grad/inference_mode and restores the model's train/eval mode. Not safe to call
-    from two threads on the same model at once (Captum hooks the model's layer): give each thread its own copy.
+    with `return_probabilities=True` the softmax of that very forward comes back too, as (maps, N x C
+    probabilities), so a caption costs no second pass. Works under an outer no_grad/inference_mode and restores
+    the model's train/eval mode. Not safe to call from two threads on the same model at once (Captum hooks the
+    model's layer): `resnet_cifar.serving.Explainer` gives each thread its own copy.
     """
     module = _layer(model, layer)
-    if batch.ndim != 4:
-        raise ValueError(f"batch must be N x C x H x W, got shape {tuple(batch.shape)}")
+    if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or len(batch) == 0:
+        shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+        raise ValueError(f"batch must be a non-empty N x C x H x W tensor, got {shape}")
     num_classes = getattr(model, "num_classes", None) or model(batch[:1]).shape[1]
     target = _targets(targets, batch.shape[0], num_classes)
+    logits: list[torch.Tensor] = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        out = model(x)
+        logits.append(out.detach())
+        return out
+
     was_training = model.training
     model.eval()
     try:
@@ -65,10 +96,10 @@ def explain(
             inputs = batch.detach().clone()
             if target is None:
                 # Score of the arg-max class: the predicted class is explained in the same single pass.
-                cam = LayerGradCam(lambda x: model(x).max(dim=1).values, module)
+                cam = LayerGradCam(lambda x: forward(x).max(dim=1).values, module)
                 attr = cam.attribute(inputs, relu_attributions=True)
             else:
-                cam = LayerGradCam(model, module)
+                cam = LayerGradCam(forward, module)
                 attr = cam.attribute(inputs, target=target.to(inputs.device), relu_attributions=True)
     finally:
         model.train(was_training)
@@ -76,7 +107,10 @@ def explain(
     maps = F.interpolate(attr, size=batch.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     maps = maps.clamp_min(0)
     peak = maps.flatten(1).amax(dim=1).view(-1, 1, 1)
-    return torch.where(peak > 0, maps / peak.clamp_min(1e-12), torch.zeros_like(maps))
+    maps = torch.where(peak > 0, maps / peak.clamp_min(1e-12), torch.zeros_like(maps))
+    if return_probabilities:
+        return maps, torch.softmax(logits[-1].float(), dim=1)
+    return maps
 
 
 def jet(values: np.ndarray) -> np.ndarray:
@@ -87,16 +121,18 @@ def jet(values: np.ndarray) -> np.ndarray:
     return np.rint(rgb * 255.0).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray | torch.Tensor, opacity: float = 0.5) -> np.ndarray:
-    """Blend a colour-mapped heatmap (HxW in [0, 1]) over an HxWx3 uint8 image with the given opacity.
+def overlay(image: np.ndarray | Image.Image, heatmap: np.ndarray | torch.Tensor, opacity: float = 0.5) -> np.ndarray:
+    """Blend a colour-mapped heatmap (HxW in [0, 1]) over an RGB image (HxWx3 uint8 or PIL) with the given opacity.
 
     Opacity 0 returns the image unchanged, 1 the heatmap colours alone. A heatmap of another size is
     resized bilinearly to the image.
     """
-    if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"opacity must be a number from 0 to 1, got {opacity!r}")
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be an HxWx3 uint8 array, got {image.dtype} {tuple(image.shape)}")
+    opacity = check_opacity(opacity)
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        got = f"{image.dtype} {tuple(image.shape)}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"image must be an HxWx3 uint8 array or a PIL image, got {got}")
     heat = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))
     if heat.ndim != 2:
         raise ValueError(f"heatmap must be HxW, got shape {tuple(heat.shape)}")

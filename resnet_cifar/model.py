@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
-from huggingface_hub.errors import RemoteEntryNotFoundError
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from . import release
 from .preprocess import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, ImageLike, preprocess
+from .release import CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
 
-WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE  # "model.safetensors"
-CONFIG_NAME = constants.CONFIG_NAME  # "config.json"
-PICKLE_NAMES = (constants.PYTORCH_WEIGHTS_NAME, "pytorch_model.pt", "model.pt", "model.pth", "model.ckpt")
-REPO_URL = "https://github.com/resnet-cifar/resnet-cifar"
+MAX_CLASSES = 1000  # the linear head is 512 x num_classes: a config asking for millions would allocate gigabytes
+MAX_NAME_LENGTH = 100
+STD_RANGE = (1e-3, 1.0)  # the spread of pixel values in [0, 1]: above 0 by more than rounding, at most 1
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters: errors echo what they got, never a whole payload."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def whole_number(value: Any, name: str, low: int, high: int) -> int:
+    """`value` as an int in [low, high]; 3 and 3.0 pass, 2.5, True, "3", NaN and None do not (ValueError)."""
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+          and float(value).is_integer() and low <= value <= high)
+    if not ok:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {short(value)}")
+    return int(value)
 
 
 def conv_bn(in_channels: int, out_channels: int, pool: bool = False) -> nn.Sequential:
@@ -48,27 +65,43 @@ class ResidualLayer(nn.Module):
         return x
 
 
-def _validate_config(
-    num_classes: int, class_names: Sequence[str], mean: Sequence[float], std: Sequence[float], dropout: float,
-    logit_scale: float,
-) -> None:
-    """Raise ValueError naming the bad init argument and what is allowed."""
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    if isinstance(class_names, str) or len(class_names) != num_classes:
-        raise ValueError(
-            f"class_names must list exactly num_classes={num_classes} names, got {len(class_names)}: {class_names!r}"
-        )
-    if not all(isinstance(n, str) and n for n in class_names) or len(set(class_names)) != len(class_names):
-        raise ValueError(f"class_names must be distinct non-empty strings, got {class_names!r}")
-    if len(mean) != 3 or not all(isinstance(v, (int, float)) for v in mean):
-        raise ValueError(f"mean must be 3 numbers (one per RGB channel), got {mean!r}")
-    if len(std) != 3 or not all(isinstance(v, (int, float)) and v > 0 for v in std):
-        raise ValueError(f"std must be 3 positive numbers (one per RGB channel), got {std!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if not logit_scale > 0:
-        raise ValueError(f"logit_scale must be positive, got {logit_scale!r}")
+def _real(value: Any) -> bool:
+    """A finite real number that is not a bool (JSON true would otherwise pass as 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _numbers(value: Any, low: float, high: float) -> bool:
+    """Three finite numbers in [low, high], one per RGB channel."""
+    return (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3
+            and all(_real(v) and low <= v <= high for v in value))
+
+
+def validate_config(config: Mapping[str, Any], where: str = "ResNet9") -> None:
+    """Raise ValueError naming `where`, the bad argument and what is allowed; cheap, before any allocation."""
+    n, names = config.get("num_classes", 10), config.get("class_names", CIFAR10_CLASSES)
+    mean, std = config.get("mean", CIFAR10_MEAN), config.get("std", CIFAR10_STD)
+    dropout, logit_scale = config.get("dropout", 0.0), config.get("logit_scale", 1.0)
+    problems = []
+    if not (isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= MAX_CLASSES):
+        problems.append(f"num_classes must be an integer from 2 to {MAX_CLASSES}, got {short(n)}")
+    if not isinstance(names, Sequence) or isinstance(names, str):
+        problems.append(f"class_names must be a list of names, got {type(names).__name__} {short(names)}")
+    elif isinstance(n, int) and len(names) != n:
+        problems.append(f"class_names must list exactly num_classes={short(n)} names, got {len(names)}")
+    elif not all(isinstance(c, str) and 0 < len(c) <= MAX_NAME_LENGTH for c in names) or len(set(names)) != len(names):
+        problems.append(f"class_names must be distinct strings of 1 to {MAX_NAME_LENGTH} characters, "
+                        f"got {short(list(names))}")
+    if not _numbers(mean, 0.0, 1.0):
+        problems.append(f"mean must be 3 numbers in [0, 1] (per RGB channel, pixels scaled to [0, 1]), got {short(mean)}")
+    if not _numbers(std, *STD_RANGE):
+        problems.append(f"std must be 3 numbers in [{STD_RANGE[0]:g}, {STD_RANGE[1]:g}] (per RGB channel), "
+                        f"got {short(std)}")
+    if not (_real(dropout) and 0.0 <= dropout < 1.0):
+        problems.append(f"dropout must be a number in [0, 1), got {short(dropout)}")
+    if not (_real(logit_scale) and 0.0 < logit_scale <= 1000.0):
+        problems.append(f"logit_scale must be a number in (0, 1000], got {short(logit_scale)}")
+    if problems:
+        raise ValueError(f"{where}: " + "; ".join(problems))
 
 
 class ResNet9(
@@ -78,7 +111,6 @@ class ResNet9(
     pipeline_tag="image-classification",
     license="mit",
     tags=["image-classification", "cifar10", "resnet", "pytorch"],
-    repo_url=REPO_URL,
 ):
     """The ResNet-9 of the course (6.57 M parameters) for 32x32 RGB images; returns logits.
 
@@ -95,7 +127,8 @@ class ResNet9(
         logit_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        _validate_config(num_classes, class_names, mean, std, dropout, logit_scale)
+        validate_config({"num_classes": num_classes, "class_names": class_names, "mean": mean, "std": std,
+                         "dropout": dropout, "logit_scale": logit_scale})
         self.num_classes = num_classes
         self.class_names: tuple[str, ...] = tuple(class_names)
         self.mean: tuple[float, ...] = tuple(float(v) for v in mean)
@@ -121,7 +154,7 @@ class ResNet9(
         return self.fc.weight.device
 
     def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
-        """Convert one image or a list (PIL of any mode, array or tensor) into a normalized Nx3x32x32 batch."""
+        """Convert one image or a list (PIL of any mode, file path, array or tensor) into a normalized Nx3x32x32 batch."""
         return preprocess(images, self.mean, self.std).to(self.device)
 
     def predict(
@@ -131,8 +164,7 @@ class ResNet9(
 
         With `tta=True` the probabilities are averaged over the image and its horizontal mirror.
         """
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= self.num_classes:
-            raise ValueError(f"top_k must be an integer from 1 to {self.num_classes}, got {top_k!r}")
+        top_k = self.check_top_k(top_k)
         probs = self.probabilities(self.preprocess(images), tta=tta)
         values, indices = probs.topk(top_k, dim=1)
         return [
@@ -140,8 +172,14 @@ class ResNet9(
             for row_p, row_i in zip(values, indices)
         ]
 
+    def check_top_k(self, top_k: object) -> int:
+        """`top_k` as an int from 1 to num_classes, else a ValueError saying what is allowed."""
+        return whole_number(top_k, "top_k", 1, self.num_classes)
+
     def probabilities(self, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """Softmax probabilities for a normalized batch, in eval mode (the model's mode is restored)."""
+        if not isinstance(tta, bool):
+            raise ValueError(f"tta must be True or False, got {short(tta)}")
         was_training = self.training
         self.eval()
         try:
@@ -155,7 +193,11 @@ class ResNet9(
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "ResNet9":
-        """Load a release from a Hub repo id (optionally at `revision`) or a local folder, strictly."""
+        """Load a release from a Hub repo id (optionally at `revision`) or a local folder, strictly.
+
+        config.json is read and checked here first (a JSON object, known keys, sane values), so that a broken
+        config is one ValueError naming the file, never a TypeError from deep inside or a NaN prediction.
+        """
         source = str(pretrained_model_name_or_path)
         # A Hub id is "name" or "owner/name"; anything else that is not a folder is a mistyped path.
         looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1
@@ -164,7 +206,27 @@ class ResNet9(
                 f"{source!r} is not a folder; pass a release folder (with {CONFIG_NAME} and {WEIGHTS_NAME}) "
                 "or a Hub repo id like 'owner/name'"
             )
+        download = {k: kwargs[k] for k in ("revision", "cache_dir", "force_download", "local_files_only", "token")
+                    if k in kwargs}
+        try:
+            config_file = release.locate(source, CONFIG_NAME, **download)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"{err}: a resnet-cifar release carries its config (num_classes, class_names, mean, std) beside "
+                f"{WEIGHTS_NAME}"
+            ) from err
+        cls.check_config(release.read_json(config_file, f"{CONFIG_NAME} of {source!r}"), source)
         return super().from_pretrained(source, **kwargs)
+
+    @classmethod
+    def check_config(cls, config: Mapping[str, Any], source: str) -> None:
+        """Refuse a release config with unknown keys or bad values, naming the file."""
+        known = set(cls._hub_mixin_init_parameters) - {"self"}
+        unknown = sorted(set(config) - known)
+        where = f"{CONFIG_NAME} of {source!r}"
+        if unknown:
+            raise ValueError(f"{where} has unknown keys {short(unknown)}; allowed are {sorted(known)}")
+        validate_config(config, where)
 
     @classmethod
     def _from_pretrained(
@@ -181,25 +243,16 @@ class ResNet9(
         config: dict | None = None,
         **model_kwargs: Any,
     ) -> "ResNet9":
-        """Build the model from its config and load safetensors weights (never pickle), strictly by default."""
-        if config is None:
-            raise FileNotFoundError(
-                f"no {CONFIG_NAME} in {model_id!r}: a resnet-cifar release carries its config "
-                f"(num_classes, class_names, mean, std) beside {WEIGHTS_NAME}"
-            )
-        known = set(cls._hub_mixin_init_parameters) - {"self"}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"{CONFIG_NAME} of {model_id!r} has unknown keys {unknown}; allowed are {sorted(known)}")
+        """Build the model from its (checked) config and load safetensors weights (never pickle), strictly."""
         weights_file = _weights_file(
             model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
             local_files_only=local_files_only, token=token,
         )
         model = cls(**model_kwargs)
-        state = safetensors.torch.load_file(weights_file, device=str(map_location))
+        state = safetensors.torch.load_file(weights_file, device="cpu")
         _check_state_dict(model, state, model_id, strict)
         model.load_state_dict(state, strict=strict)
-        return model.eval()
+        return model.to(map_location).eval()
 
 
 def _weights_file(model_id: str, **download_kwargs: Any) -> str:
@@ -208,28 +261,23 @@ def _weights_file(model_id: str, **download_kwargs: Any) -> str:
         f"{model_id!r} has no {WEIGHTS_NAME}. resnet-cifar loads safetensors only and never unpickles weights "
         "(pickle can run arbitrary code); re-save the model with save_pretrained()"
     )
-    if os.path.isdir(model_id):
-        path = os.path.join(model_id, WEIGHTS_NAME)
-        if os.path.isfile(path):
-            return path
-        found = [name for name in PICKLE_NAMES if os.path.isfile(os.path.join(model_id, name))]
-        raise FileNotFoundError(refusal + (f"; found only {found}" if found else ""))
     try:
-        return hf_hub_download(repo_id=model_id, filename=WEIGHTS_NAME, **download_kwargs)
-    except RemoteEntryNotFoundError as err:  # the repo answered: no such file (a cache miss offline is not this)
-        raise FileNotFoundError(refusal) from err
+        return release.locate(model_id, WEIGHTS_NAME, **download_kwargs)
+    except FileNotFoundError as err:
+        found = [n for n in PICKLE_NAMES if os.path.isdir(model_id) and os.path.isfile(os.path.join(model_id, n))]
+        raise FileNotFoundError(refusal + (f"; found only {found}" if found else "")) from err
 
 
 def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], model_id: str, strict: bool) -> None:
-    """Explain a config/weights mismatch in one message instead of PyTorch's long traceback."""
+    """Explain a config/weights mismatch, a wrong dtype or a non-finite weight in one message, naming the file."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [
-        f"{k}: weights {tuple(state[k].shape)} vs config {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
+    common = [k for k in expected if k in state]
+    wrong_shape = [f"{k}: weights {tuple(state[k].shape)} vs config {tuple(expected[k].shape)}"
+                   for k in common if state[k].shape != expected[k].shape]
+    wrong_dtype = [f"{k} is {str(state[k].dtype).removeprefix('torch.')}" for k in common
+                   if state[k].dtype != expected[k].dtype]
     problems = []
     if wrong_shape:
         problems.append("shape mismatch " + "; ".join(wrong_shape[:5]))
@@ -242,6 +290,13 @@ def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], model_id
             f"{CONFIG_NAME} of {model_id!r} does not match its {WEIGHTS_NAME}: " + ", ".join(problems)
             + ". The config must describe the architecture the weights were saved from."
         )
+    if wrong_dtype:
+        raise ValueError(f"{WEIGHTS_NAME} of {model_id!r}: {', '.join(wrong_dtype[:5])}; a ResNet9 release stores "
+                         "float32 weights (and int64 num_batches_tracked)")
+    not_finite = [k for k in common if state[k].is_floating_point() and not torch.isfinite(state[k]).all()]
+    if not_finite:
+        raise ValueError(f"{WEIGHTS_NAME} of {model_id!r} holds NaN or infinite values in {not_finite[:5]}; "
+                         "such weights predict nothing: retrain or re-save a finite model")
 
 
 def count_parameters(model: nn.Module) -> int:

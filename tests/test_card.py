@@ -20,13 +20,14 @@ def info(**overrides) -> CardInfo:
     fields = dict(
         test_accuracy=0.9312,
         per_class_accuracy={name: 0.8 + i / 100 for i, name in enumerate(CIFAR10_CLASSES)},
-        recipe={"epochs": 24, "batch_size": 512, "max_lr": 0.0123},
+        recipe=[("optim.epochs", "24"), ("data.batch_size", "512"), ("max LR used", "0.0123")],
+        augmentation="pad to 40x40 (reflect) and crop a random 32x32; then normalization",
         parameters=6_573_130,
         test_loss=0.2345,
         tta_accuracy=0.9401,
         train_time="7 min on one GPU",
         epochs_table=[{"epoch": 1, "train_loss": 1.5, "train_acc": 0.45, "val_loss": 1.2, "val_acc": 0.56, "lr": 0.01}],
-        plots=[("confusion.png", "Confusion matrix"), ("gradcam.png", "Grad-CAM examples")],
+        plots=["confusion_matrix.png", "gradcam.png"],
     )
     return CardInfo(**(fields | overrides))
 
@@ -71,16 +72,39 @@ def test_body_states_results_recipe_and_plots():
     assert "| test loss | 0.2345 |" in content
     assert "| training time | 7 min on one GPU |" in content
     assert "| airplane | 80.0 % |" in content and "| truck | 89.0 % |" in content
-    assert "| max_lr | 0.0123 |" in content
+    assert "| max LR used | 0.0123 |" in content and "| optim.epochs | 24 |" in content
+    assert "Augmentation (albumentations): pad to 40x40 (reflect) and crop a random 32x32; then normalization." in content
+    assert "cutout" not in content, "the card states the augmentation that ran, nothing more"
     assert "| 1 | 1.5 | 0.45 | 1.2 | 0.56 | 0.01 |" in content
-    assert "![Confusion matrix](confusion.png)" in content and "![Grad-CAM examples](gradcam.png)" in content
+    assert "![Test confusion matrix](confusion_matrix.png)" in content
+    assert "![Grad-CAM of the predicted class on those mistakes](gradcam.png)" in content
+
+
+def test_a_plot_that_is_not_a_release_file_is_refused():
+    with pytest.raises(ValueError, match=r"plots \['notes.png'\] are not release files"):
+        render(info(plots=["notes.png"]))
+
+
+def test_the_card_points_at_nothing_that_does_not_exist():
+    content = render(info()).content
+    assert "github.com" not in content and "owner/" not in content
+    assert 'ResNet9.from_pretrained("path/to/release")' in content
+    pushed = render(info(repo_id="someone/resnet9")).content
+    assert 'ResNet9.from_pretrained("someone/resnet9")' in pushed
+    assert 'load_misclassified("someone/resnet9")' in pushed
+
+
+def test_per_class_rows_of_a_class_without_test_images():
+    per_class = {name: 0.5 for name in CIFAR10_CLASSES} | {"truck": None}
+    assert "| truck | no test image |" in render(info(per_class_accuracy=per_class)).content
 
 
 def test_optional_rows_are_left_out():
-    content = render(info(tta_accuracy=None, test_loss=None, train_time=None, plots=[], epochs_table=[])).content
+    content = render(info(tta_accuracy=None, test_loss=None, train_time=None, plots=[], epochs_table=[],
+                          augmentation=None)).content
     assert "test-time augmentation |" not in content
     assert "test loss" not in content and "training time" not in content
-    assert "## Plots" not in content and "### Per epoch" not in content
+    assert "## Plots" not in content and "### Per epoch" not in content and "Augmentation" not in content
 
 
 @pytest.mark.parametrize("accuracy", [93.12, -0.1, 1.0001])
@@ -113,7 +137,7 @@ def test_validate_refuses_broken_cards():
 
 
 def test_usage_snippet_runs_verbatim(release_dir, tmp_path):
-    content = render(info(repo_id=str(release_dir))).content
+    content = render(info(repo_id=str(release_dir))).content  # a folder works where a Hub id would
     (code,) = re.findall(r"```python\n(.*?)```", content, flags=re.S)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     done = subprocess.run(

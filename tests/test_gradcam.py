@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from resnet_cifar import ResNet9, gradcam
@@ -85,7 +86,10 @@ def test_explicit_targets_int_and_list(model, batch):
     assert not torch.allclose(mixed[0], explain(model, batch[:1], layer="layer2", targets=9)[0])
 
 
-@pytest.mark.parametrize("targets, words", [(10, "0 to 9"), (-1, "0 to 9"), ([0, 1], "2 targets for 3 images")])
+@pytest.mark.parametrize("targets, words", [
+    (10, "0 to 9"), (-1, "0 to 9"), ([0, 1], "2 targets for 3 images"), (2.5, "integer class ids.*float"),
+    ([1.0, 2.0, 3.0], "integer class ids"), (True, "integer class ids.*bool"), (torch.tensor([True] * 3), "bool"),
+])
 def test_bad_targets_are_refused(model, batch, targets, words):
     with pytest.raises(ValueError, match=words):
         explain(model, batch, targets=targets)
@@ -232,7 +236,22 @@ def test_overlay_accepts_explain_output(model, batch):
     assert overlay(np.zeros((32, 32, 3), np.uint8), cam, 0.6).shape == (32, 32, 3)
 
 
-@pytest.mark.parametrize("opacity", [-0.1, 1.1, True, "0.5", float("nan")])
+def test_probabilities_come_from_the_explained_forward_pass(model, batch):
+    maps, probs = explain(model, batch, layer="layer2", return_probabilities=True)
+    torch.testing.assert_close(maps, explain(model, batch, layer="layer2"))
+    torch.testing.assert_close(probs, model.probabilities(batch), atol=1e-6, rtol=1e-5)
+    targeted, _ = explain(model, batch, targets=[1, 2, 3], return_probabilities=True)
+    assert targeted.shape == (3, 32, 32)
+
+
+def test_overlay_takes_pil_images_and_numpy_numbers(picture):
+    heat = np.linspace(0, 1, 20 * 24).reshape(20, 24)
+    expected = overlay(picture, heat, 0.25)
+    np.testing.assert_array_equal(overlay(Image.fromarray(picture), heat, np.float32(0.25)), expected)
+    np.testing.assert_array_equal(overlay(Image.fromarray(picture).convert("RGBA"), heat, np.float64(0.25)), expected)
+
+
+@pytest.mark.parametrize("opacity", [-0.1, 1.1, True, "0.5", float("nan"), np.bool_(True)])
 def test_overlay_refuses_bad_opacity(picture, opacity):
     with pytest.raises(ValueError, match="opacity must be a number from 0 to 1"):
         overlay(picture, np.zeros((20, 24)), opacity)
@@ -244,6 +263,7 @@ def test_overlay_refuses_bad_opacity(picture, opacity):
         (np.zeros((8, 8), np.uint8), np.zeros((8, 8)), "HxWx3 uint8"),
         (np.zeros((8, 8, 3), np.float32), np.zeros((8, 8)), "HxWx3 uint8"),
         (np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 8)), "heatmap must be HxW"),
+        ([[0, 0, 0]], np.zeros((8, 8)), "HxWx3 uint8 array or a PIL image, got list"),
     ],
 )
 def test_overlay_refuses_bad_shapes(image, heat, words):

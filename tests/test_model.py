@@ -87,11 +87,77 @@ def test_default_config_attributes(model):
         ({"std": (0.2, 0.2, 0.2, 0.2)}, "std"),
         ({"dropout": 1.0}, "dropout"),
         ({"logit_scale": 0.0}, "logit_scale"),
+        ({"mean": (float("nan"), 0.5, 0.5)}, r"mean must be 3 numbers in \[0, 1\]"),
+        ({"mean": (float("inf"), 0.5, 0.5)}, "mean"),
+        ({"std": (1e-300, 0.2, 0.2)}, r"std must be 3 numbers in \[0.001, 1\]"),
+        ({"std": (float("inf"), 0.2, 0.2)}, "std"),
+        ({"std": ("0.2", 0.2, 0.2)}, "std"),
+        ({"logit_scale": float("inf")}, r"logit_scale must be a number in \(0, 1000\]"),
+        ({"logit_scale": "1"}, "logit_scale"),
+        ({"num_classes": "10"}, r"num_classes must be an integer from 2 to 1000, got '10'"),
+        ({"num_classes": 10**6, "class_names": [str(i) for i in range(10**6)]}, "num_classes must be an integer"),
+        ({"class_names": {str(i): c for i, c in enumerate(CIFAR10_CLASSES)}}, "class_names must be"),
     ],
 )
 def test_bad_config_is_refused(kwargs, words):
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(ValueError, match=words) as refused:
         ResNet9(**kwargs)
+    assert len(str(refused.value)) < 400, "an error echoes what it got, never a whole payload"
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"num_classes": 10, "mean": [float("nan"), 0.5, 0.5]}, "NaN is not a number a release may hold"),
+    ({"num_classes": 10, "std": [0, 0.2, 0.2]}, r"config.json of '.*': std must be 3 numbers"),
+    ({"num_classes": 10, "std": [1e-300, 0.2, 0.2]}, "std must be"),
+    ({"num_classes": 10, "logit_scale": 1e999}, "Infinity is not a number"),
+    ({"num_classes": "10"}, "num_classes must be an integer"),
+    ({"num_classes": 10, "mean": ["0.5", 0.5, 0.5]}, "mean must be"),
+    ({"num_classes": 10, "class_names": {"0": "airplane"}}, "class_names must be a list of names, got dict"),
+    ({"num_classes": 10**6, "class_names": [str(i) for i in range(10**6)]}, "bytes; a release's JSON files are at most"),
+    ({"num_classes": 10**6}, "num_classes must be an integer from 2 to 1000"),
+])
+def test_a_bad_config_file_is_refused_naming_the_file(release_dir, config, words):
+    (release_dir / "config.json").write_text(json.dumps(config, allow_nan=True))
+    with pytest.raises(ValueError, match=words) as refused:
+        ResNet9.from_pretrained(release_dir)
+    assert "config.json" in str(refused.value)
+    assert len(str(refused.value)) < 500
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[1, 2, 3]", "must hold a JSON object .*got a JSON list"),
+    ('"num_classes"', "got a JSON str"),
+    ("{not json", "is not valid JSON"),
+])
+def test_a_config_file_that_is_not_a_json_object_is_refused(release_dir, text, words):
+    (release_dir / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=words):
+        ResNet9.from_pretrained(release_dir)
+
+
+def test_a_huge_class_list_is_refused_before_the_model_is_built(release_dir, monkeypatch):
+    names = [f"c{i}" for i in range(10**6)]
+    (release_dir / "config.json").write_text(json.dumps({"num_classes": 10**6, "class_names": names}))
+    monkeypatch.setattr(nn.Linear, "__init__", lambda *a, **k: pytest.fail("a layer was allocated"))
+    with pytest.raises(ValueError, match="at most 1,000,000"):
+        ResNet9.from_pretrained(release_dir)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float16, torch.float64])
+def test_weights_of_another_dtype_are_refused(release_dir, dtype):
+    state = safetensors.torch.load_file(release_dir / "model.safetensors")
+    state["fc.weight"] = state["fc.weight"].to(dtype)
+    safetensors.torch.save_file(state, release_dir / "model.safetensors")
+    with pytest.raises(ValueError, match=rf"model.safetensors of .*fc.weight is {str(dtype)[6:]}.*float32"):
+        ResNet9.from_pretrained(release_dir)
+
+
+def test_non_finite_weights_are_refused(release_dir):
+    state = safetensors.torch.load_file(release_dir / "model.safetensors")
+    state["layer2.conv.0.weight"][0, 0, 0, 0] = float("nan")
+    safetensors.torch.save_file(state, release_dir / "model.safetensors")
+    with pytest.raises(ValueError, match=r"NaN or infinite values in \['layer2.conv.0.weight'\]"):
+        ResNet9.from_pretrained(release_dir)
 
 
 # --- save_pretrained -> from_pretrained ------------------------------------------------------------------------
@@ -272,13 +338,19 @@ def test_predict_is_sorted_and_uses_config_names():
     assert sum(v for _, v in full) == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("top_k", [0, 11, -1, 2.5, True, "3", None])
+@pytest.mark.parametrize("top_k", [0, 11, -1, 2.5, True, "3", None, float("nan")])
 def test_predict_refuses_bad_top_k(model, top_k):
-    with pytest.raises(ValueError, match="top_k must be an integer from 1 to 10"):
+    with pytest.raises(ValueError, match="top_k must be a whole number from 1 to 10"):
         model.predict(image(), top_k=top_k)
 
 
-@pytest.mark.parametrize("top_k", [1, 10])
+@pytest.mark.parametrize("tta", ["no", 1, None])
+def test_predict_refuses_a_tta_that_is_not_a_bool(model, tta):
+    with pytest.raises(ValueError, match="tta must be True or False"):
+        model.predict(image(), tta=tta)
+
+
+@pytest.mark.parametrize("top_k", [1, 10, np.int64(4), 3.0])
 def test_predict_top_k_limits(model, top_k):
     assert len(model.predict(image(), top_k=top_k)[0]) == top_k
 
