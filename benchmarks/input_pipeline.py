@@ -50,7 +50,8 @@ from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from resnet_cifar.preprocess import CIFAR10_MEAN, CIFAR10_STD
-from training.data import AugmentConfig, AugmentedImages, CIFAR10DataModule
+from training.config import AugmentConfig, DataConfig
+from training.data import AugmentedImages, CIFAR10DataModule, NormalizeCollate
 
 SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "cifar10"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -71,12 +72,13 @@ class PlainAlbumentations(Dataset):
 
 def plain_transforms(fill: tuple[int, int, int], config: AugmentConfig = AugmentConfig()) -> A.Compose:
     """The same augmentation written as one per-sample Compose, as a user would."""
-    padded = config.size + 2 * config.pad
+    size = 32
+    padded = size + 2 * config.pad
     hole = (config.cutout, config.cutout)
     return A.Compose(
         [
             A.PadIfNeeded(padded, padded, border_mode=cv2.BORDER_REFLECT_101),
-            A.RandomCrop(config.size, config.size),
+            A.RandomCrop(size, size),
             A.HorizontalFlip(p=config.flip_p),
             A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=hole, hole_width_range=hole, fill=fill,
                             p=config.cutout_p),
@@ -94,7 +96,7 @@ def tiled(array: np.ndarray, n: int) -> np.ndarray:
 
 def make_loaders(n_images: int, batch_size: int, workers: int) -> tuple[DataLoader, DataLoader, CIFAR10DataModule]:
     """(ours, plain) train loaders over the same tiled sample images."""
-    dm = CIFAR10DataModule(str(SAMPLE), batch_size=batch_size, num_workers=workers)
+    dm = CIFAR10DataModule(DataConfig(dataset=str(SAMPLE), batch_size=batch_size, num_workers=workers))
     dm.setup("fit")
     assert dm.train_set is not None
     images, labels = tiled(dm.train_set.images, n_images), tiled(dm.train_set.labels, n_images)
@@ -107,6 +109,11 @@ def make_loaders(n_images: int, batch_size: int, workers: int) -> tuple[DataLoad
     return ours, plain, dm
 
 
+def collate(dm: CIFAR10DataModule) -> NormalizeCollate:
+    """The collate the training loader uses."""
+    return NormalizeCollate(dm.mean, dm.std)
+
+
 def check_same_work(dm: CIFAR10DataModule, n: int = 256) -> float:
     """Max abs difference between ours and plain on the same images with the same seed (must be ~1e-7)."""
     assert dm.train_set is not None
@@ -115,7 +122,7 @@ def check_same_work(dm: CIFAR10DataModule, n: int = 256) -> float:
     plain = PlainAlbumentations(dm.train_set.images, dm.train_set.labels, plain_transforms(fill, dm.augment))
     plain.transform.set_random_seed(torch.initial_seed() % 2**32)  # the seed AugmentedImages uses
     idx = list(range(n))
-    a, la = dm.collate(ours.__getitems__(idx))
+    a, la, _ = collate(dm)(ours.__getitems__(idx))
     b, lb = default_collate([plain[i] for i in idx])
     if not (torch.equal(la, lb) and a.shape == b.shape and a.dtype == b.dtype):
         raise AssertionError("ours and plain do not produce the same batches")
@@ -175,13 +182,13 @@ def breakdown(dm: CIFAR10DataModule, batch_size: int, n_batches: int = 10) -> li
         stage_inputs = [t(image=im)["image"] for im in inputs]
     full = per_image_cpu_us(lambda: [compose(image=im) for im in images], n)
     rows.append(("Compose bookkeeping (whole Compose - transforms alone)", full - sum(r[1] for r in rows)))
-    augmented = [(im, 0) for im in stage_inputs[:batch_size]]
+    augmented = [(im, 0, i) for i, im in enumerate(stage_inputs[:batch_size])]
     rows.append(("NormalizeCollate (stack + uint8->float NCHW + normalize)",
-                 per_image_cpu_us(lambda: [dm.collate(augmented) for _ in range(n_batches)], n)))
+                 per_image_cpu_us(lambda: [collate(dm)(augmented) for _ in range(n_batches)], n)))
     ds = dm.train_set
     indices = [list(range(i, i + batch_size)) for i in range(0, n, batch_size)]
     rows.append(("AugmentedImages.__getitems__ + collate (all of the above)",
-                 per_image_cpu_us(lambda: [dm.collate(ds.__getitems__(ix)) for ix in indices], n)))
+                 per_image_cpu_us(lambda: [collate(dm)(ds.__getitems__(ix)) for ix in indices], n)))
     return rows
 
 

@@ -1,7 +1,7 @@
 """Lightning overhead: seconds per training step of LitResNet in a Trainer against a plain PyTorch loop.
 
 Both do the same work on the CPU, one process, the same torch threads:
-- the same ResNet9 (same initial weights), channels_last as LitResNet sets it (`OptimConfig.channels_last`),
+- the same ResNet9 (same initial weights), channels_last as LitResNet sets it (`ModelConfig.channels_last`),
   inputs made channels_last in forward as LitResNet.forward does;
 - the same optimizer (Adam with weight decay 1e-4, or SGD with Nesterov) and OneCycleLR with the same
   settings, stepped after every batch;
@@ -61,7 +61,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from resnet_cifar import ResNet9
 from resnet_cifar.preprocess import CIFAR10_MEAN, CIFAR10_STD
 from training.data import NormalizeCollate, decode_split, local_cache_dir
-from training.module import LitResNet, OptimConfig
+from training.config import RunConfig
+from training.module import LitResNet
 
 SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "cifar10"
 MAX_LR = 0.01
@@ -75,7 +76,7 @@ def make_batches(n_batches: int, batch_size: int) -> list[tuple[torch.Tensor, to
     images, labels = decode_split(data["train"], "img", "label", 10, "sample train")
     n = n_batches * batch_size
     idx = np.arange(n) % len(labels)
-    x, y = NormalizeCollate(CIFAR10_MEAN, CIFAR10_STD)(list(zip(images[idx], labels[idx].tolist())))
+    x, y, _ = NormalizeCollate(CIFAR10_MEAN, CIFAR10_STD)(list(zip(images[idx], labels[idx].tolist(), idx)))
     return [(x[i:i + batch_size].clone(), y[i:i + batch_size].clone()) for i in range(0, n, batch_size)]
 
 
@@ -126,8 +127,8 @@ def fresh(net: nn.Module, channels_last: bool) -> nn.Module:
 def run_lightning(net: nn.Module, optim: dict, batches: PrebuiltBatches) -> tuple[list[float], list[float], float]:
     """(per-step wall intervals, per-step CPU intervals, whole run seconds) of one Trainer.fit."""
     t0 = time.perf_counter()
-    lit = LitResNet(optim=optim)
-    lit.model = fresh(net, lit.optim.channels_last)
+    lit = LitResNet(config=RunConfig.from_dict({"optim": optim}).to_dict())
+    lit.model = fresh(net, lit.config.model.channels_last)
     clock = BatchStartClock()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, enable_checkpointing=False, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
@@ -140,8 +141,9 @@ def run_lightning(net: nn.Module, optim: dict, batches: PrebuiltBatches) -> tupl
 def run_plain(net: nn.Module, optim: dict, batches: PrebuiltBatches) -> tuple[list[float], list[float], float]:
     """The same training epoch written as a plain PyTorch loop; same work as run_lightning."""
     t0 = time.perf_counter()
-    o = OptimConfig(**optim)
-    model = fresh(net, o.channels_last)
+    config = RunConfig.from_dict({"optim": optim})
+    o = config.optim
+    model = fresh(net, config.model.channels_last)
     model.train()
     if o.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=o.max_lr, weight_decay=o.weight_decay)
@@ -151,7 +153,7 @@ def run_plain(net: nn.Module, optim: dict, batches: PrebuiltBatches) -> tuple[li
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=o.max_lr, total_steps=len(batches), pct_start=o.pct_start, anneal_strategy="linear",
         div_factor=o.div_factor, final_div_factor=o.final_div_factor, three_phase=False,
-        cycle_momentum=o.optimizer == "sgd",
+        cycle_momentum=o.cycle_momentum,
     )
     accuracy = MulticlassAccuracy(num_classes=model.num_classes, average="micro")
     loss_sum, seen = torch.zeros(()), 0

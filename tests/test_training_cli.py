@@ -1,149 +1,132 @@
-"""resnet-cifar-train end to end on the real CIFAR-10 sample, with the Hub faked only at its HTTP API."""
+"""resnet-cifar-train end to end on the real CIFAR-10 sample, with the Hub faked only at its HTTP API: the release,
+the push, and every way a run, a resume or a push can go wrong without losing what an earlier run wrote."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import hashlib
+import io
 import json
 import os
+import pickle
+import resource
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx2
-import torch
 import numpy as np
 import pytest
-from huggingface_hub import CommitInfo, HfApi
+import torch
+from conftest import ROOT, SAMPLE, TOKEN, FakeHubApi, sample_split, tree_digest
 from huggingface_hub.errors import HfHubHTTPError
-from huggingface_hub.utils import filter_repo_objects
 
-from resnet_cifar import ResNet9, card
-from resnet_cifar.artifacts import load_misclassified
+from resnet_cifar import ResNet9, card, release
 from resnet_cifar.preprocess import normalize
 from training import cli
-from training.publish import ALLOW_PATTERNS, PublishError, publish
+from training.publish import PublishError, publish
 
-SAMPLE = Path(__file__).parent / "data" / "cifar10"
-ROOT = Path(__file__).parent.parent
-TOKEN = "hf_FAKEtoken0123456789abcdefSECRET"
 SMOKE = ["--dataset", str(SAMPLE), "--batch-size", "32", "--num-workers", "0"]
 
 
-class FakeHub:
-    """Records what HfApi would send; nothing leaves the machine."""
-
-    def __init__(self, fail_with: Exception | None = None) -> None:
-        self.repos: list[dict] = []
-        self.commits: list[dict] = []
-        self.fail_with = fail_with
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> "FakeHub":
-        hub = self
-
-        def create_repo(self, repo_id, **kwargs):
-            hub.repos.append({"repo_id": repo_id, **kwargs})
-            if hub.fail_with is not None:
-                raise hub.fail_with
-            return f"https://huggingface.co/{repo_id}"
-
-        def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, **kwargs):
-            names = sorted(p.name for p in Path(folder_path).iterdir() if p.is_file())
-            files = sorted(filter_repo_objects(names, allow_patterns=allow_patterns))
-            hub.commits.append({"repo_id": repo_id, "files": files,
-                                "contents": {f: (Path(folder_path) / f).read_bytes() for f in files}, **kwargs})
-            return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/abc123", commit_message="",
-                              commit_description="", oid="abc123")
-
-        monkeypatch.setattr(HfApi, "create_repo", create_repo)
-        monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-        return self
-
-
-def _tree_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _sample_test_split() -> tuple[np.ndarray, np.ndarray]:
-    import datasets
-
-    from training.data import local_cache_dir
-
-    test = datasets.load_dataset(str(SAMPLE), cache_dir=local_cache_dir(SAMPLE))["test"]
-    return np.stack([np.asarray(im.convert("RGB")) for im in test["img"]]), np.asarray(test["label"])
+def run_cli(argv: list[str], env: dict | None = None) -> tuple[int, str]:
+    """cli.main in this process: (exit status, everything it printed)."""
+    buffer = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in (env or {}).items():
+            mp.setenv(key, value)
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            try:
+                code = cli.main(argv)
+            except SystemExit as exit_:
+                code = exit_.code
+    return code, buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One real run of the command: LR finder, fit, test, report, save, push to the faked Hub."""
     out = tmp_path_factory.mktemp("run")
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    hub = FakeHub().install(monkeypatch)
-    log = out / "console.log"
-    import contextlib
-    import io
-
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-        code = cli.main(SMOKE + ["--epochs", "2", "--limit-train-batches", "8", "--lr-find-steps", "16",
-                                 "--output-dir", str(out), "--misclassified", "120",
-                                 "--push-to-hub", "someone/resnet9-test"])
-    log.write_text(buffer.getvalue())
-    monkeypatch.undo()
-    return code, out, hub, buffer.getvalue()
+    mp = pytest.MonkeyPatch()
+    hub = FakeHubApi().install(mp)
+    code, console = run_cli(SMOKE + ["--epochs", "2", "--limit-train-batches", "8", "--lr-find-steps", "50",
+                                     "--output-dir", str(out), "--misclassified", "120",
+                                     "--push-to-hub", "someone/resnet9-test"], env={"HF_TOKEN": TOKEN})
+    mp.undo()
+    (out / "console.log").write_text(console)
+    return code, out, hub, console
 
 
 def test_the_command_writes_a_complete_release(trained):
-    code, out, _, _ = trained
-    assert code == 0
-    release = out / "release"
-    names = {p.name for p in release.iterdir()}
-    assert {"model.safetensors", "config.json", "README.md", "misclassified.safetensors"} <= names
-    assert {"lr_finder.png", "lr_schedule.png", "metrics.png", "confusion_matrix.png", "misclassified.png",
-            "gradcam.png"} <= names
-    readme = (release / "README.md").read_text()
+    code, out, _, console = trained
+    assert code == 0, console[-3000:]
+    rel = out / "release"
+    names = release.files(rel)
+    assert set(names) == set(release.FILES), "every release file, the plots of a short run included"
+    readme = (rel / "README.md").read_text()
     for png in (n for n in names if n.endswith(".png")):
         assert f"]({png})" in readme, f"{png} is shown in the card"
-    assert "(Lightning LR finder)" in readme
+    assert "a tenth of the LR at the lowest loss" in readme
+    assert all(stat.S_IMODE(os.stat(rel / n).st_mode) == 0o644 for n in names), "releases are world-readable"
     assert (out / "checkpoints" / "last.ckpt").is_file()
-    assert json.loads((out / "lr_finder.json").read_text())["suggestion"] > 0
+    finder = json.loads((out / "lr_finder.json").read_text())
+    assert len(finder["lr"]) == 50, "the finder ran all its steps, whatever the epoch count (2 x 8 batches)"
+    assert "weights_only` was not set" not in console, "every checkpoint load is weights-only"
 
 
-def test_card_accuracy_equals_what_the_saved_weights_measure(trained):
+def test_the_release_records_its_resolved_config(trained):
     _, out, _, _ = trained
-    release = out / "release"
-    model = ResNet9.from_pretrained(release)
-    images, labels = _sample_test_split()
+    recorded = json.loads((out / "release" / release.TRAINING_CONFIG_NAME).read_text())
+    assert recorded["data"]["batch_size"] == 32 and recorded["optim"]["epochs"] == 2
+    assert recorded["hardware"]["limit_train_batches"] == 8 and recorded["max_lr_used"] > 0
+    readme = (out / "release" / "README.md").read_text()
+    assert "| optim.epochs | 2 |" in readme and "| data.batch_size | 32 |" in readme
+    assert "one 8x8 cutout hole filled with the dataset mean (p = 0.5)" in readme
+
+
+def test_one_evaluation_one_number_everywhere(trained):
+    _, out, _, console = trained
+    rel = out / "release"
+    model = ResNet9.from_pretrained(rel)
+    images, labels = sample_split("test")
     measured = float((model.probabilities(normalize(images, model.mean, model.std)).argmax(1).numpy() == labels).mean())
-    assert card.test_accuracy_of(release) == pytest.approx(measured, abs=1e-4)
-    metadata = card.validate((release / "README.md").read_text(), measured)
-    assert metadata["datasets"] == ["uoft-cs/cifar10"]
-    mistakes = load_misclassified(release)
+    metrics = json.loads((out / "metrics.json").read_text())
+    logged = next(r for r in csv.DictReader((out / "logs" / "metrics.csv").open()) if r.get("test_acc"))
+    assert card.test_accuracy_of(rel) == pytest.approx(measured, abs=1e-4)
+    assert metrics["test_accuracy"] == pytest.approx(measured) == pytest.approx(float(logged["test_acc"]))
+    assert float(logged["test_loss"]) == pytest.approx(metrics["test_loss"], rel=1e-5)
+    assert f"| test loss | {metrics['test_loss']:.4f} |" in (rel / "README.md").read_text()
+    mistakes = release.load_misclassified(rel)
     assert len(mistakes) == min(120, int(round((1 - measured) * len(labels))))
     assert (mistakes.predicted_labels != mistakes.true_labels).all()
     assert list(mistakes.probabilities) == sorted(mistakes.probabilities, reverse=True)
 
 
-def test_push_uploads_the_allow_listed_release_in_one_commit_without_the_token(trained):
+def test_the_progress_bar_counts_epochs_from_one(trained):
+    _, _, _, console = trained
+    assert "Epoch 1/2" in console and "Epoch 2/2" in console and "Epoch 0/" not in console
+
+
+def test_the_push_is_one_commit_of_exactly_the_release_without_the_token(trained):
     code, out, hub, console = trained
     assert code == 0
+    assert hub.whoami_calls == 1 and console.index("will push to someone/resnet9-test as someone") < console.index(
+        "max LR from the LR finder"), "the token was checked before any training"
     assert [r["repo_id"] for r in hub.repos] == ["someone/resnet9-test"]
     assert len(hub.commits) == 1, "one commit"
     commit = hub.commits[0]
-    assert commit["files"] == sorted(p.name for p in (out / "release").iterdir())
-    assert all(any(Path(f).match(g) for g in ALLOW_PATTERNS) for f in commit["files"])
-    assert "checkpoints" not in str(commit["files"]) and "last.ckpt" not in commit["files"]
-    assert "pushed" in console and "commit/abc123" in console
+    assert commit["files"] == release.files(out / "release")
+    assert commit["commit_description"] == "Files: " + ", ".join(commit["files"])
     for name, content in commit["contents"].items():
+        assert content == (out / "release" / name).read_bytes()
         assert TOKEN.encode() not in content, name
     for path in out.rglob("*"):
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
-    assert TOKEN not in console
+    assert TOKEN not in console and "pushed" in console and "commit/abc123" in console
     assert '"someone/resnet9-test"' in (out / "release" / "README.md").read_text(), "usage snippet names the repo"
 
 
@@ -154,41 +137,102 @@ def test_push_uploads_the_allow_listed_release_in_one_commit_without_the_token(t
 ])
 def test_a_failed_push_leaves_the_folder_intact_and_says_how_to_retry(trained, monkeypatch, capsys, failure):
     _, out, _, _ = trained
-    release = out / "release"
-    before = _tree_digest(release)
-    FakeHub(fail_with=failure).install(monkeypatch)
-    code = cli.push_main([str(release), "someone/resnet9-test"])
+    rel = out / "release"
+    before = tree_digest(rel)
+    FakeHubApi(fail_with=failure).install(monkeypatch)
+    code = cli.push_main([str(rel), "someone/resnet9-test"])
     err = capsys.readouterr().err
-    assert code == 1
-    assert err.count("\n") == 1, "one line"
-    assert f"retry with: resnet-cifar-push {release} someone/resnet9-test" in err
+    assert code == 1 and err.count("\n") == 1, "one line"
+    assert f"retry with: resnet-cifar-push {rel} someone/resnet9-test" in err
     assert TOKEN not in err
-    assert _tree_digest(release) == before
+    assert tree_digest(rel) == before
     with pytest.raises(PublishError, match="intact"):
-        publish(release, "someone/resnet9-test", token=TOKEN)
+        publish(rel, "someone/resnet9-test", token=TOKEN)
 
 
 def test_repush_of_a_finished_folder(trained, monkeypatch, capsys):
     _, out, _, _ = trained
-    hub = FakeHub().install(monkeypatch)
+    hub = FakeHubApi().install(monkeypatch)
     assert cli.push_main([str(out / "release"), "someone/other", "--private"]) == 0
     assert hub.repos[0]["private"] is True and len(hub.commits) == 1
     assert cli.push_main([str(out), "someone/other"]) == 1, "the run folder is not a release"
     assert "not a complete release" in capsys.readouterr().err
 
 
+def test_the_push_never_follows_links_or_takes_other_files(trained, tmp_path, monkeypatch, capsys):
+    _, out, _, _ = trained
+    folder = tmp_path / "release"
+    folder.mkdir()
+    for name in release.files(out / "release"):
+        (folder / name).write_bytes((out / "release" / name).read_bytes())
+    (folder / "notes.png").write_bytes(b"not a release file")
+    (folder / ".secret.png").write_bytes(b"hidden")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "metrics.png").write_bytes(b"nested")
+    hub = FakeHubApi().install(monkeypatch)
+    assert cli.push_main([str(folder), "someone/exact"]) == 0
+    assert hub.commits[0]["files"] == release.files(out / "release"), "only the release's own files"
+    (folder / "metrics.png").unlink()
+    os.symlink("/etc/passwd", folder / "metrics.png")
+    assert cli.push_main([str(folder), "someone/exact"]) == 1
+    assert "metrics.png is a symbolic link; a release holds regular files only; nothing was pushed" in \
+        capsys.readouterr().err
+    assert len(hub.commits) == 1, "nothing more was uploaded"
+
+
+@pytest.mark.parametrize("hub, env, words", [
+    (FakeHubApi(), {"HF_TOKEN": ""}, "needs a Hugging Face token with write access"),
+    (FakeHubApi(role="read"), {"HF_TOKEN": TOKEN}, "the token of someone is read-only"),
+    (FakeHubApi(user="other", orgs=("team",)), {"HF_TOKEN": TOKEN}, "other cannot write to someone/: the token's "
+                                                                    "namespaces are other, team"),
+    (FakeHubApi(fail_with=httpx2.ConnectError("no route")), {"HF_TOKEN": TOKEN}, "cannot check the token"),
+])
+def test_the_token_is_checked_before_training(tmp_path, monkeypatch, hub, env, words):
+    hub.install(monkeypatch)
+    monkeypatch.setattr("training.publish.get_token", lambda: os.environ.get("HF_TOKEN") or None)
+    code, console = run_cli(SMOKE + ["--output-dir", str(tmp_path / "out"), "--push-to-hub", "someone/x"], env)
+    assert code == 2 and words in console and "nothing was trained" in console
+    assert not (tmp_path / "out").exists()
+    assert TOKEN not in console
+
+
 @pytest.mark.parametrize("bad", ["resnet9", "a/b/c", "owner/", "/name", "owner/na me", "owner/name.git"])
-def test_a_bad_repo_id_is_refused_before_training(tmp_path, bad, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(SMOKE + ["--output-dir", str(tmp_path / "out"), "--push-to-hub", bad])
-    assert exit_info.value.code == 2
-    assert "must be 'owner/name'" in capsys.readouterr().err
+def test_a_bad_repo_id_is_refused_before_training(tmp_path, bad):
+    code, console = run_cli(SMOKE + ["--output-dir", str(tmp_path / "out"), "--push-to-hub", bad])
+    assert code == 2 and "must be 'owner/name'" in console
     assert not (tmp_path / "out").exists(), "nothing was trained"
 
 
-def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
-    assert cli.main(SMOKE + ["--output-dir", str(tmp_path), "--resume", "last", "--max-lr", "0.01"]) == 2
-    assert "no checkpoint at" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, words", [
+    (["--div-factor", "0"], "--div-factor must be a number in [1, 1e6], got 0"),
+    (["--limit-train-batches", "0"], "--limit-train-batches must be a whole number >= 1"),
+    (["--max-lr", "inf"], "--max-lr must be a number in (0, 10], got inf"),
+])
+def test_bad_settings_are_one_line_before_any_work(tmp_path, argv, words):
+    code, console = run_cli(SMOKE + ["--output-dir", str(tmp_path / "out"), *argv])
+    assert code == 2 and words in console and "Traceback" not in console
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_dir_that_is_a_file(tmp_path):
+    (tmp_path / "out").write_text("a file")
+    code, console = run_cli(SMOKE + ["--output-dir", str(tmp_path / "out"), "--max-lr", "0.01"])
+    assert code == 1 and "is a file; pass a folder" in console and "Traceback" not in console
+
+
+def test_a_diverging_run_is_neither_saved_nor_pushed(tmp_path, monkeypatch):
+    hub = FakeHubApi().install(monkeypatch)
+    out = tmp_path / "out"
+    code, console = run_cli(SMOKE + ["--optimizer", "sgd", "--max-lr", "10", "--momentum", "0.99", "--logit-scale",
+                                     "1000", "--epochs", "1", "--limit-train-batches", "6", "--output-dir", str(out),
+                                     "--push-to-hub", "someone/x"], env={"HF_TOKEN": TOKEN})
+    assert code == 1, console[-2000:]
+    assert "training diverged: the weights ['prep.0.weight'" in console
+    assert "nothing was saved or pushed: lower --max-lr" in console
+    assert not (out / "release").exists() and hub.commits == []
+
+
+# ---------------------------------------------------------------- resuming, and what a failed resume leaves
 
 
 def _command(out: Path, *extra: str) -> list[str]:
@@ -204,6 +248,88 @@ def _train_rows(out: Path) -> list[dict[str, str]]:
         return [row for row in csv.DictReader(f) if row.get("train_loss")]
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-epoch run (no LR finder): the earlier run that failed resumes must leave alone."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    code, console = run_cli(SMOKE + ["--max-lr", "0.01", "--epochs", "2", "--limit-train-batches", "3",
+                                     "--limit-test-batches", "2", "--output-dir", str(out)])
+    assert code == 0, console[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("extra, words", [
+    ([], "already holds a run (checkpoints/last.ckpt); continue it with --resume last, or pick another --output-dir"),
+    (["--resume", "last", "--epochs", "4"], "belongs to a run of 2 epochs: One Cycle's schedule is fixed by the "
+                                            "number of epochs and cannot be stretched to 4; resume with --epochs 2"),
+    (["--resume", "last", "--logit-scale", "0.5"], "is a checkpoint of another model (logit_scale differ)"),
+    (["--resume", "last", "--weight-decay", "0.01"], "was trained with other settings (--weight-decay 0.0001 -> 0.01)"),
+    (["--resume", "last", "--label-column", "label", "--image-column", "img", "--seed", "3"],
+     "was trained with other settings (--seed 0 -> 3)"),
+])
+def test_a_refused_run_or_resume_changes_nothing_an_earlier_run_wrote(finished, extra, words):
+    before = tree_digest(finished)
+    code, console = run_cli(SMOKE + ["--max-lr", "0.01", "--epochs", "2", "--limit-train-batches", "3",
+                                     "--limit-test-batches", "2", "--output-dir", str(finished), *extra])
+    assert code in (1, 2) and words in console, console[-2000:]
+    assert "Traceback" not in console
+    assert tree_digest(finished) == before
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(finished, tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "ran"), "w"))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": Payload()}, evil)
+    pickle.loads(pickle.dumps(Payload()))  # the payload is live: unpickling it creates the file
+    assert (tmp_path / "ran").exists()
+    (tmp_path / "ran").unlink()
+    before = tree_digest(finished)
+    code, console = run_cli(SMOKE + ["--max-lr", "0.01", "--epochs", "2", "--output-dir", str(finished),
+                                     "--resume", str(evil)])
+    assert code == 2 and "holds more than tensors and plain values" in console and "never unpickles" in console
+    assert not (tmp_path / "ran").exists(), "the payload never ran"
+    assert tree_digest(finished) == before
+
+
+def test_a_truncated_checkpoint_is_refused_clearly(finished, tmp_path):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes((finished / "checkpoints" / "last.ckpt").read_bytes()[:100_000])
+    code, console = run_cli(SMOKE + ["--max-lr", "0.01", "--epochs", "2", "--output-dir", str(finished),
+                                     "--resume", str(broken)])
+    assert code == 2 and "is truncated or corrupt" in console and "Traceback" not in console
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    code, console = run_cli(SMOKE + ["--output-dir", str(tmp_path), "--resume", "last", "--max-lr", "0.01"])
+    assert code == 2 and "no checkpoint at" in console
+
+
+def _fsize_limit(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_failed_checkpoint_write_leaves_no_truncated_checkpoint(tmp_path):
+    """A write cut short (the file size limit stands in for a full disk): no partial checkpoint is left for
+    --resume last to choke on, no half-written release, and the error is one line."""
+    out = tmp_path / "run"
+    failed = subprocess.run(_command(out, "--epochs", "1", "--limit-train-batches", "2"), cwd=ROOT, env=_env(),
+                            capture_output=True, text=True, timeout=600, preexec_fn=_fsize_limit(30_000_000))
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("resnet-cifar-train: error:") and "File too large" in last, last
+    leftovers = [p.name for p in out.rglob("*") if "ckpt" in p.name or "tmp" in p.name or "partial" in p.name]
+    assert leftovers == [] and not (out / "release").exists()
+    resumed = subprocess.run(_command(out, "--epochs", "1", "--limit-train-batches", "2", "--resume", "last"),
+                             cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 2 and "no checkpoint at" in resumed.stderr
+
+
 def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     out = tmp_path / "run"
     args = ("--epochs", "3", "--limit-train-batches", "6")
@@ -213,13 +339,10 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(0.5)  # let the checkpoint write finish
-    first.send_signal(signal.SIGKILL)
+    first.send_signal(signal.SIGKILL)  # the checkpoint appears whole (a rename): no need to wait for the write
     assert first.wait() == -signal.SIGKILL, "the first run was killed, not finished"
     assert not (out / "release").exists()
-    import torch
-
-    stopped_at = torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]
+    stopped_at = torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"]
     assert stopped_at < 2
     resumed = subprocess.run(_command(out, *args, "--resume", "last"), cwd=ROOT, env=_env(),
                              capture_output=True, text=True, timeout=600)
@@ -227,8 +350,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     assert "Restored all states" in resumed.stderr + resumed.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and metrics["optimizer_steps"] == 18
-    epochs = [int(row["epoch"]) for row in _train_rows(out)]
-    assert epochs == [0, 1, 2], "one row per epoch, before and after the kill, in one log"
+    assert [int(row["epoch"]) for row in _train_rows(out)] == [0, 1, 2], "one row per epoch, in one log"
     lr_steps = [int(row["step"]) for row in csv.DictReader((out / "logs" / "metrics.csv").open())
                 if any(k.startswith("lr-") and v for k, v in row.items())]
     assert lr_steps == [4, 9, 14], "every 5th step, before (4) and after (9, 14) the kill, once each"
@@ -244,28 +366,63 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert "MEMBER: 2/2" in result.stderr + result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["optimizer_steps"] == 3
+    assert metrics["test_images"] == 300, "each test image counted once, though DDP pads its shards"
     assert ResNet9.from_pretrained(out / "release").num_classes == 10
 
 
-def test_ddp_without_max_lr_is_refused(tmp_path, capsys):
-    code = cli.main(["--dataset", str(SAMPLE), "--num-workers", "0", "--accelerator", "cpu", "--devices", "2",
-                     "--strategy", "ddp", "--output-dir", str(tmp_path)])
-    assert code == 2
-    assert "pass --max-lr for multi-device training" in capsys.readouterr().err
+def test_ddp_without_max_lr_is_refused(tmp_path):
+    code, console = run_cli(["--dataset", str(SAMPLE), "--num-workers", "0", "--accelerator", "cpu", "--devices", "2",
+                             "--strategy", "ddp", "--output-dir", str(tmp_path)])
+    assert code == 2 and "pass --max-lr for multi-device training" in console
 
 
 def test_ema_weights_are_what_gets_released(tmp_path):
     import safetensors.torch
 
-    def release(*extra: str) -> dict:
+    def weights(*extra: str) -> dict:
         out = tmp_path / ("ema" if extra else "plain")
-        code = cli.main(SMOKE + ["--max-lr", "0.05", "--epochs", "1", "--limit-train-batches", "4",
-                                 "--limit-test-batches", "1", "--output-dir", str(out), *extra])
-        assert code == 0
+        code, console = run_cli(SMOKE + ["--max-lr", "0.05", "--epochs", "1", "--limit-train-batches", "4",
+                                         "--limit-test-batches", "1", "--output-dir", str(out), *extra])
+        assert code == 0, console[-2000:]
         return safetensors.torch.load_file(out / "release" / "model.safetensors")
 
-    plain, ema = release(), release("--ema-decay", "0.5")
+    plain, ema = weights(), weights("--ema-decay", "0.5")
     assert plain.keys() == ema.keys()
     assert any(not torch.equal(plain[k], ema[k]) for k in plain if k.endswith("weight"))
-    assert "| EMA of the weights | decay 0.5 |" in (tmp_path / "ema" / "release" / "README.md").read_text()
-    assert cli.main(SMOKE + ["--max-lr", "0.05", "--ema-decay", "1.5", "--output-dir", str(tmp_path / "bad")]) == 2
+    assert "| optim.ema_decay | 0.5 |" in (tmp_path / "ema" / "release" / "README.md").read_text()
+
+
+# ---------------------------------------------------------------- the LR finder, and the default path
+
+
+@pytest.mark.parametrize("losses, words", [
+    ([2.3] * 100, "never fell clearly"),
+    ([2.3 + 0.01 * i for i in range(100)], "never fell clearly"),
+    ([2.3] * 8, "ran 8 of 100 steps"),
+])
+def test_an_lr_finder_curve_that_cannot_be_trusted_is_refused(losses, words):
+    lrs = list(np.geomspace(1e-6, 1, len(losses)))
+    with pytest.raises(cli.RunError, match=words):
+        cli.suggest_max_lr(lrs, losses, 100)
+
+
+def test_the_suggestion_is_a_tenth_of_the_lr_at_the_lowest_loss():
+    lrs = list(np.geomspace(1e-6, 1, 100))
+    losses = [2.3] * 5 + [4.0 - 0.05 * i for i in range(50)] + [1.6 + 0.1 * i for i in range(45)]
+    assert cli.suggest_max_lr(lrs, losses, 100) == pytest.approx(lrs[54] / 10)
+
+
+@pytest.mark.slow
+def test_the_default_path_on_the_sample_is_better_than_chance(tmp_path):
+    """The README's sample with nothing but --epochs 2: LR finder, a batch size that gives each epoch 8 steps,
+    BatchNorm statistics recomputed after fit. 300 test images: chance is 10 % with a sigma of 1.7 %."""
+    out = tmp_path / "default"
+    result = subprocess.run([sys.executable, "-m", "training.cli", "--dataset", str(SAMPLE), "--epochs", "2",
+                             "--output-dir", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] >= 0.16, metrics
+    predicted = ResNet9.from_pretrained(out / "release").predict(
+        [img for img in sample_split("test")[0][:100]], top_k=1)
+    assert len({row[0][0] for row in predicted}) >= 3, "not one class for everything"

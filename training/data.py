@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,58 +15,61 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from resnet_cifar.preprocess import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from resnet_cifar.preprocess import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, INPUT_SIZE, normalize
 
-DEFAULT_DATASET = "uoft-cs/cifar10"
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """The training augmentation of the course (pad 4 + random crop, flip, one cutout hole)."""
-
-    size: int = 32
-    pad: int = 4
-    flip_p: float = 0.5
-    cutout: int = 8
-    cutout_p: float = 0.5
+from .config import DEFAULT_DATASET, AugmentConfig, DataConfig
 
 
 def train_transforms(fill_uint8: tuple[int, int, int], config: AugmentConfig = AugmentConfig()) -> A.Compose:
-    """Random geometry and cutout on uint8 HxWx3; the cutout hole is filled with the dataset mean colour."""
-    padded = config.size + 2 * config.pad
-    return A.Compose(
-        [
-            A.PadIfNeeded(padded, padded, border_mode=cv2.BORDER_REFLECT_101),
-            A.RandomCrop(config.size, config.size),
-            A.HorizontalFlip(p=config.flip_p),
-            A.CoarseDropout(
-                num_holes_range=(1, 1),
-                hole_height_range=(config.cutout, config.cutout),
-                hole_width_range=(config.cutout, config.cutout),
-                fill=fill_uint8,
-                p=config.cutout_p,
-            ),
-        ]
-    )
+    """Random geometry and cutout on uint8 HxWx3; the cutout hole is filled with the dataset mean colour.
+
+    Only the steps the config turns on are in the pipeline (pad 0: no crop; cutout 0 or p 0: no hole).
+    """
+    size, padded = INPUT_SIZE, INPUT_SIZE + 2 * config.pad
+    steps: list[A.BasicTransform] = []
+    if config.pad:
+        steps += [A.PadIfNeeded(padded, padded, border_mode=cv2.BORDER_REFLECT_101), A.RandomCrop(size, size)]
+    if config.flip_p:
+        steps.append(A.HorizontalFlip(p=config.flip_p))
+    if config.cutout and config.cutout_p:
+        steps.append(A.CoarseDropout(
+            num_holes_range=(1, 1),
+            hole_height_range=(config.cutout, config.cutout),
+            hole_width_range=(config.cutout, config.cutout),
+            fill=fill_uint8,
+            p=config.cutout_p,
+        ))
+    return A.Compose(steps)
+
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # normalized images, labels, indices into the split
 
 
 class NormalizeCollate:
-    """Collate uint8 HxWx3 samples and normalize the whole batch at once (= Normalize + ToTensorV2 per image)."""
+    """Collate uint8 HxWx3 samples and normalize the whole batch at once (= Normalize + ToTensorV2 per image).
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    `exact=True` (evaluation) uses the library's own `normalize`, so that a test batch is bit for bit what
+    `ResNet9.preprocess` gives for the same images and the card's accuracy is what the released weights measure.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], exact: bool = False) -> None:
+        self.mean, self.std, self.exact = mean, std, exact
         self.scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
         self.shift = torch.tensor([m / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
 
-    def __call__(self, samples: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, samples: list[tuple[np.ndarray, int, int]]) -> Batch:
         """Stack, convert to Nx3xHxW float and normalize: (x / 255 - mean) / std."""
+        labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
+        indices = torch.tensor([s[2] for s in samples], dtype=torch.long)
+        if self.exact:
+            return normalize(np.stack([s[0] for s in samples]), self.mean, self.std), labels, indices
         stacked = torch.from_numpy(np.stack([s[0] for s in samples]))
         n, h, w, c = stacked.shape
         # Convert straight into a contiguous NCHW buffer, then scale in place: the same arithmetic on the
         # permuted (channels-last) view plus a final .contiguous() costs about 5x more (benchmarks/input_pipeline.py).
         images = torch.empty((n, c, h, w), dtype=torch.float32)
         images.copy_(stacked.permute(0, 3, 1, 2))
-        labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
-        return images.mul_(self.scale).sub_(self.shift), labels
+        return images.mul_(self.scale).sub_(self.shift), labels, indices
 
 
 class AugmentedImages(Dataset):
@@ -89,16 +92,46 @@ class AugmentedImages(Dataset):
             self.transform.set_random_seed(seed % 2**32)
             self._seed = seed
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, int]:
         return self.__getitems__([index])[0]
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[np.ndarray, int]]:
-        """Fetch a whole batch in one call (the DataLoader uses this when present)."""
+    def __getitems__(self, indices: list[int]) -> list[tuple[np.ndarray, int, int]]:
+        """Fetch a whole batch in one call (the DataLoader uses this when present): (image, label, index)."""
         self._reseed()
         images = self.images[indices]
         if self.transform is not None:
             images = [self.transform(image=image)["image"] for image in images]
-        return [(image, int(label)) for image, label in zip(images, self.labels[indices])]
+        return [(image, int(label), int(i)) for image, label, i in zip(images, self.labels[indices], indices)]
+
+
+DEFAULT_BATCH_SIZE = 512
+MIN_STEPS_PER_EPOCH, MIN_DEFAULT_BATCH = 8, 16
+
+
+def default_batch_size(train_images: int) -> int:
+    """512, or fewer for a small training split: one or two steps an epoch leave BatchNorm's running statistics
+    (and so the eval-mode model) nowhere near the data, and the release predicts one class."""
+    return max(MIN_DEFAULT_BATCH, min(DEFAULT_BATCH_SIZE, train_images // MIN_STEPS_PER_EPOCH))
+
+
+LOCAL_HINT = "pass a local copy with --dataset path/to/cifar10 (a folder in its layout)"
+
+
+def check_hub_dataset(dataset: str, revision: str | None) -> None:
+    """Fail at once, in one line, when a Hub dataset cannot be reached (datasets would retry for half a minute)."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        return  # datasets then reads its cache, or fails at once (see CIFAR10DataModule.load)
+    try:
+        HfApi().dataset_info(dataset, revision=revision, timeout=10)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+        raise ValueError(f"no dataset {dataset!r}" + (f" at revision {revision!r}" if revision else "")
+                         + f" on the Hub ({type(err).__name__}); check the id, or {LOCAL_HINT}") from None
+    except Exception as err:  # noqa: BLE001 - no network, DNS, proxy, timeout: all mean the same to the user
+        reason = (str(err) or type(err).__name__).splitlines()[0][:120]
+        raise ValueError(f"cannot reach the Hub for dataset {dataset!r} ({reason}); {LOCAL_HINT}") from None
 
 
 def default_num_workers() -> int:
@@ -116,8 +149,27 @@ def local_cache_dir(folder: str | Path) -> str:
     return str(root / "resnet_cifar_local" / digest)
 
 
+def _decode(value: Any, row: int, name: str) -> np.ndarray:
+    """One image cell (a PIL image, or datasets' undecoded {"bytes", "path"}) as 32x32x3 uint8."""
+    from PIL import Image
+
+    try:
+        if isinstance(value, dict):
+            image = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
+        else:
+            image = value
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except Exception as err:  # noqa: BLE001 - whatever PIL raises, the row number is what helps
+        raise ValueError(f"{name} row {row}: the image cannot be decoded ({type(err).__name__}: "
+                         f"{str(err)[:80]}); fix or drop that row") from None
+    if array.shape[:2] != (INPUT_SIZE, INPUT_SIZE):
+        raise ValueError(f"{name} row {row}: the image is {array.shape[1]}x{array.shape[0]}; this ResNet9 trains on "
+                         f"{INPUT_SIZE}x{INPUT_SIZE} images (resize the dataset first)")
+    return array
+
+
 def decode_split(split: Any, image_column: str, label_column: str, num_classes: int, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one split into (N x H x W x 3 uint8, N int64), with errors that list what the dataset has."""
+    """Decode one split into (N x 32 x 32 x 3 uint8, N int64), with errors that name the column, row or label."""
     columns = list(split.column_names)
     for column, what in ((image_column, "image"), (label_column, "label")):
         if column not in columns:
@@ -128,44 +180,33 @@ def decode_split(split: Any, image_column: str, label_column: str, num_classes: 
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if bad.size:
         raise ValueError(f"{name}: labels {sorted(set(bad.tolist()))[:10]} are outside 0..{num_classes - 1}")
-    images = np.stack([np.asarray(img.convert("RGB"), dtype=np.uint8) for img in split[image_column]])
+    # Undecoded cells: a corrupt image fails on its own row, with its number, not somewhere inside datasets.
+    cells = split.cast_column(image_column, type(split.features[image_column])(decode=False))[image_column] \
+        if hasattr(split.features[image_column], "decode") else split[image_column]
+    images = np.stack([_decode(cell, row, name) for row, cell in enumerate(cells)])
     return images, labels
 
 
 class CIFAR10DataModule(L.LightningDataModule):
     """CIFAR-10 from a Hub id or a local folder in the same layout, decoded once, augmented in workers."""
 
-    def __init__(
-        self,
-        dataset: str = DEFAULT_DATASET,
-        batch_size: int = 512,
-        image_column: str = "img",
-        label_column: str = "label",
-        train_split: str = "train",
-        test_split: str = "test",
-        val_fraction: float = 0.0,
-        seed: int = 0,
-        num_workers: int | None = None,
-        augment: AugmentConfig = AugmentConfig(),
-        mean: tuple[float, float, float] = CIFAR10_MEAN,
-        std: tuple[float, float, float] = CIFAR10_STD,
-        revision: str | None = None,
-    ) -> None:
+    def __init__(self, data: DataConfig = DataConfig(), augment: AugmentConfig = AugmentConfig(), seed: int = 0,
+                 mean: tuple[float, float, float] = CIFAR10_MEAN, std: tuple[float, float, float] = CIFAR10_STD
+                 ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.dataset, self.batch_size, self.seed, self.revision = dataset, batch_size, seed, revision
-        self.image_column, self.label_column = image_column, label_column
-        self.train_split, self.test_split, self.val_fraction = train_split, test_split, val_fraction
-        self.num_workers = default_num_workers() if num_workers is None else num_workers
-        self.augment, self.mean, self.std = augment, tuple(mean), tuple(std)
+        self.config, self.augment, self.seed = data, augment, seed
+        self.batch_size = data.batch_size or DEFAULT_BATCH_SIZE  # settled by setup() when not given
+        self.num_workers = default_num_workers() if data.num_workers is None else data.num_workers
+        self.mean, self.std = tuple(mean), tuple(std)
         self.class_names: tuple[str, ...] = CIFAR10_CLASSES
-        self.collate = NormalizeCollate(self.mean, self.std)
         self.train_set: AugmentedImages | None = None
         self.val_set: AugmentedImages | None = None
         self.test_set: AugmentedImages | None = None
+
+    @property
+    def dataset(self) -> str:
+        """The Hub id or local folder the images come from."""
+        return self.config.dataset
 
     @property
     def num_classes(self) -> int:
@@ -173,43 +214,55 @@ class CIFAR10DataModule(L.LightningDataModule):
         return len(self.class_names)
 
     def load(self) -> Any:
-        """load_dataset for a Hub id or a local folder (with a cache of its own)."""
+        """load_dataset for a Hub id or a local folder (with a cache of its own); every failure is one line."""
         import datasets
 
+        layout = (f"a dataset folder holds parquet shards in the layout of {DEFAULT_DATASET} "
+                  "(plain_text/train-*.parquet and plain_text/test-*.parquet, columns img and label)")
+        local = os.path.isdir(self.dataset)
+        if not local:
+            check_hub_dataset(self.dataset, self.config.revision)
         try:
-            if os.path.isdir(self.dataset):
+            if local:
                 return datasets.load_dataset(self.dataset, cache_dir=local_cache_dir(self.dataset))
-            return datasets.load_dataset(self.dataset, revision=self.revision)
-        except ValueError as err:  # datasets' own words, e.g. for an empty parquet shard
-            raise ValueError(
-                f"cannot load {self.dataset!r}: {err} (splits {self.train_split!r} and {self.test_split!r} "
-                "each need at least one image)"
-            ) from err
+            return datasets.load_dataset(self.dataset, revision=self.config.revision)
+        except ConnectionError as err:  # offline (HF_HUB_OFFLINE=1) without a cached copy: datasets says so at once
+            raise ValueError(f"dataset {self.dataset!r} is not in the local cache and the Hub is off "
+                             f"({type(err).__name__}); {LOCAL_HINT}") from None
+        except Exception as err:  # noqa: BLE001 - datasets, pyarrow and fsspec each raise their own kinds
+            cause = err
+            while cause.__cause__ is not None or cause.__context__ is not None:
+                cause = cause.__cause__ or cause.__context__
+            reason = (str(cause) or type(cause).__name__).splitlines()[0][:200]
+            raise ValueError(f"cannot read dataset {self.dataset!r}: {reason}; {layout}") from None
 
     def setup(self, stage: str | None = None) -> None:
         """Decode the splits once; later calls (fit then test) reuse the arrays."""
         if self.train_set is not None:
             return
+        c = self.config
         data = self.load()
-        missing = [s for s in (self.train_split, self.test_split) if s not in data]
+        missing = [s for s in (c.train_split, c.test_split) if s not in data]
         if missing:
             raise ValueError(f"{self.dataset}: no split {missing}; it has splits {list(data.keys())}")
-        feature = data[self.train_split].features.get(self.label_column)
+        feature = data[c.train_split].features.get(c.label_column)
         if feature is not None and getattr(feature, "names", None):
             self.class_names = tuple(feature.names)
-        train_x, train_y = decode_split(data[self.train_split], self.image_column, self.label_column,
-                                        self.num_classes, f"{self.dataset} split {self.train_split!r}")
-        test_x, test_y = decode_split(data[self.test_split], self.image_column, self.label_column,
-                                      self.num_classes, f"{self.dataset} split {self.test_split!r}")
+        train_x, train_y = decode_split(data[c.train_split], c.image_column, c.label_column, self.num_classes,
+                                        f"{self.dataset} split {c.train_split!r}")
+        test_x, test_y = decode_split(data[c.test_split], c.image_column, c.label_column, self.num_classes,
+                                      f"{self.dataset} split {c.test_split!r}")
         fill = tuple(int(round(m * 255)) for m in self.mean)
-        if self.val_fraction > 0:
+        if c.val_fraction > 0:
             order = np.random.default_rng(self.seed).permutation(len(train_y))
-            n_val = max(1, int(round(len(train_y) * self.val_fraction)))
+            n_val = max(1, int(round(len(train_y) * c.val_fraction)))
             val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
             self.val_set = AugmentedImages(train_x[val_idx], train_y[val_idx])
             train_x, train_y = train_x[train_idx], train_y[train_idx]
         self.train_set = AugmentedImages(train_x, train_y, train_transforms(fill, self.augment))
         self.test_set = AugmentedImages(test_x, test_y)
+        if c.batch_size is None:
+            self.batch_size = default_batch_size(len(train_y))
 
     def _loader(self, dataset: AugmentedImages, shuffle: bool) -> DataLoader:
         workers = self.num_workers
@@ -218,7 +271,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=workers,
-            collate_fn=self.collate,
+            collate_fn=NormalizeCollate(self.mean, self.std, exact=not shuffle),
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
             drop_last=False,

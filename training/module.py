@@ -1,74 +1,70 @@
-"""LitResNet: ResNet9 with cross-entropy, accuracy metrics and a One Cycle schedule stepped per batch."""
+"""LitResNet: ResNet9 with cross-entropy, accuracy metrics, a One Cycle schedule stepped per batch, and the one
+evaluation of the test split that every number of a release comes from."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.functional.classification import multiclass_accuracy
 
 from resnet_cifar import ResNet9
 
-OPTIMIZERS = ("adam", "sgd")
+from .config import RunConfig
 
 
 @dataclass
-class OptimConfig:
-    """Optimizer and One Cycle settings; defaults are the course's (Adam, weight decay 1e-4, peak at 5/24)."""
+class Evaluation:
+    """The test split as trainer.test saw it, in fp32 and eval mode, once: every figure of a release is from here."""
 
-    optimizer: str = "adam"
-    max_lr: float | None = None  # None: set by the LR finder before fit
-    weight_decay: float = 1e-4
-    momentum: float = 0.9  # SGD only (Nesterov)
-    pct_start: float = 5 / 24
-    div_factor: float = 100.0
-    final_div_factor: float = 100.0
-    label_smoothing: float = 0.0
-    channels_last: bool = True
+    probabilities: np.ndarray  # N x C float32
+    labels: np.ndarray  # N int64
+    indices: np.ndarray  # N int64: the images' rows in the test split
+    tta_probabilities: np.ndarray  # N x C float32: averaged with the horizontal mirror
+    accuracy: float  # torchmetrics multiclass accuracy (micro), as logged: test_acc
+    tta_accuracy: float  # the same with flip test-time augmentation: test_acc_tta
+    loss: float  # mean cross-entropy, as logged: test_loss
 
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.max_lr is not None and not self.max_lr > 0:
-            raise ValueError(f"max_lr must be positive, got {self.max_lr}")
-        if not 0 < self.pct_start < 1:
-            raise ValueError(f"pct_start must be in (0, 1), got {self.pct_start}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+    @property
+    def predictions(self) -> np.ndarray:
+        """Arg-max class per image."""
+        return self.probabilities.argmax(1)
 
 
 class LitResNet(L.LightningModule):
-    """Trains a ResNet9 built from `model_config` (its init kwargs) with the optimizer settings in `optim`."""
+    """Trains a ResNet9 built from `model_config` (its init kwargs) as the run's `config` (RunConfig.to_dict()) says."""
 
-    def __init__(self, model_config: dict[str, Any] | None = None, optim: dict[str, Any] | None = None) -> None:
+    def __init__(self, model_config: dict[str, Any] | None = None, config: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # plain dicts: the checkpoint records its run and loads with weights_only=True
+        self.config = RunConfig.from_dict(config or {}, "the run's config")
         self.model = ResNet9(**(model_config or {}))
-        self.optim = OptimConfig(**(optim or {}))
         # The LR finder writes its suggestion here (Tuner.lr_find(attr_name="max_lr")).
-        self.max_lr = self.optim.max_lr
-        if self.optim.channels_last:
+        self.max_lr = self.config.optim.max_lr
+        if self.config.model.channels_last:
             self.model.to(memory_format=torch.channels_last)
         n = self.model.num_classes
         self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=n, average="micro")
+        self._test_outputs: list[tuple[torch.Tensor, ...]] = []
+        self.evaluation: Evaluation | None = None
+        self.total_steps: int | None = None  # of the One Cycle schedule, once configure_optimizers has run
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the wrapped ResNet9."""
-        if self.optim.channels_last:
+        if self.config.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
-        x, y = batch
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
+        x, y = batch[0], batch[1]
         logits = self(x)
-        smoothing = self.optim.label_smoothing if stage == "train" else 0.0
+        smoothing = self.config.optim.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         metric(logits.detach(), y)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
@@ -76,37 +72,123 @@ class LitResNet(L.LightningModule):
         self.log(f"{stage}_acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         """Cross-entropy (with optional label smoothing) on an augmented batch."""
         return self._step(batch, "train", self.train_acc)
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         """Loss and accuracy on the held-out part of train."""
         self._step(batch, "val", self.val_acc)
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        """Loss and accuracy on the test split."""
-        self._step(batch, "test", self.test_acc)
+    # ---------------------------------------------------------------- the one evaluation
+
+    def on_test_start(self) -> None:
+        # The release is loaded contiguous and in fp32: evaluate exactly so, and the card states what it measures.
+        self.model.to(memory_format=torch.contiguous_format)
+        self._test_outputs = []
+
+    def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        """Probabilities of the plain and the mirrored batch, in fp32 whatever the training precision."""
+        x, y, index = batch
+        with torch.autocast(self.device.type, enabled=False):
+            x = x.float()
+            probs = F.softmax(self.model(x).float(), dim=1)
+            tta = (probs + F.softmax(self.model(x.flip(3)).float(), dim=1)) / 2
+        self._test_outputs.append((probs, tta, y, index))
+
+    def on_test_epoch_end(self) -> None:
+        """Gather every rank's images (each once: DDP pads its shards), then measure and log once."""
+        probs, tta, labels, index = (torch.cat(parts) for parts in zip(*self._test_outputs))
+        self._test_outputs = []
+        if self.trainer.world_size > 1:
+            probs, tta, labels, index = (self.all_gather(t).flatten(0, 1) for t in (probs, tta, labels, index))
+        order = torch.argsort(index, stable=True)
+        keep = torch.ones_like(order, dtype=torch.bool)
+        keep[1:] = index[order][1:] != index[order][:-1]  # DistributedSampler repeats images to even out shards
+        order = order[keep]
+        probs, tta, labels, index = probs[order], tta[order], labels[order], index[order]
+        n = self.model.num_classes
+        accuracy = float(multiclass_accuracy(probs, labels, num_classes=n, average="micro"))
+        tta_accuracy = float(multiclass_accuracy(tta, labels, num_classes=n, average="micro"))
+        loss = float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels))
+        # Every rank holds the gathered whole, so each logs the same numbers: no sync needed.
+        self.log_dict({"test_loss": loss, "test_acc": accuracy, "test_acc_tta": tta_accuracy}, sync_dist=False)
+        self.evaluation = Evaluation(
+            probabilities=probs.cpu().numpy(), labels=labels.cpu().numpy(), indices=index.cpu().numpy(),
+            tta_probabilities=tta.cpu().numpy(), accuracy=accuracy, tta_accuracy=tta_accuracy, loss=loss,
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the LR the run uses (found or given): a resumed run needs no finder and no flag."""
+        checkpoint["max_lr_used"] = self.max_lr
+
+    # ---------------------------------------------------------------- optimization
 
     def configure_optimizers(self) -> dict[str, Any]:
         """Adam or SGD-Nesterov with OneCycleLR over exactly the steps the trainer will run."""
         if self.max_lr is None:
             raise ValueError("max_lr is not set: pass --max-lr or run the LR finder before fit")
-        o = self.optim
+        o = self.config.optim
         if o.optimizer == "adam":
             opt = torch.optim.Adam(self.parameters(), lr=self.max_lr, weight_decay=o.weight_decay)
         else:
             opt = torch.optim.SGD(self.parameters(), lr=self.max_lr, momentum=o.momentum, nesterov=True,
                                   weight_decay=o.weight_decay)
         # The course computed steps by hand and stopped one epoch short; the trainer knows the real count.
-        total = int(self.trainer.estimated_stepping_batches)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=self.max_lr, total_steps=total, pct_start=o.pct_start, anneal_strategy="linear",
-            div_factor=o.div_factor, final_div_factor=o.final_div_factor, three_phase=False,
-            cycle_momentum=o.optimizer == "sgd",
-        )
+        total = self.total_steps = int(self.trainer.estimated_stepping_batches)
+        # cycle_momentum=True (OneCycleLR's default) would overwrite SGD's momentum with 0.95 -> 0.85 -> 0.95:
+        # --momentum would then say one thing and the optimizer do another. It cycles only when asked.
+        schedule = one_cycle(opt, self.max_lr, total, self.config)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def optim_summary(self) -> dict[str, Any]:
-        """The optimizer settings actually used (with the found max_lr), for the model card."""
-        return {**asdict(self.optim), "max_lr": self.max_lr}
+
+def recalibrate_batchnorm(model: torch.nn.Module, loader: Any) -> int:
+    """Recompute every BatchNorm's running mean and variance as plain averages over one pass of `loader`.
+
+    Running averages mix the statistics of weights from all along training: after a short run (or an EMA of the
+    weights) they do not describe the final weights, and the eval-mode model can collapse to one class.
+    Returns the number of images seen.
+    """
+    device = next(model.parameters()).device
+    seen = 0
+
+    def counted() -> Any:
+        nonlocal seen
+        for batch in loader:
+            seen += len(batch[0])
+            yield batch[0].to(device)
+
+    was_training = model.training
+    torch.optim.swa_utils.update_bn(counted(), model, device=None)
+    model.train(was_training)
+    return seen
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, config: RunConfig
+              ) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The One Cycle schedule of a run (also used to plot the whole schedule before it has run)."""
+    o = config.optim
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=o.pct_start, anneal_strategy="linear",
+        div_factor=o.div_factor, final_div_factor=o.final_div_factor, three_phase=False,
+        cycle_momentum=o.cycle_momentum,
+    )
+
+
+def schedule_of(config: RunConfig, max_lr: float, total_steps: int) -> tuple[list[float], list[float | None]]:
+    """(LR, momentum) at every optimizer step of a whole run, from the scheduler itself, before it runs."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    if config.optim.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam([param], lr=max_lr)
+    else:
+        opt = torch.optim.SGD([param], lr=max_lr, momentum=config.optim.momentum, nesterov=True)
+    schedule = one_cycle(opt, max_lr, total_steps, config)
+    lrs, momenta = [], []
+    for step in range(total_steps):
+        group = opt.param_groups[0]
+        lrs.append(group["lr"])
+        momenta.append(group.get("momentum"))
+        if step < total_steps - 1:
+            opt.step()
+            schedule.step()
+    return lrs, momenta

@@ -1,14 +1,15 @@
-"""Push a finished release folder to the Hugging Face Hub in one commit, with an allow-list of files."""
+"""Push a finished release folder to the Hugging Face Hub in one commit of exactly its release files."""
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
-import importlib
-
-from huggingface_hub import HfApi, get_token
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
+
+from resnet_cifar import release
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -23,10 +24,6 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 NETWORK_ERRORS = (HfHubHTTPError, OSError, ValueError, *_transport_errors())
-
-# Everything a release carries (see DESIGN.md); checkpoints, logs and anything else stay local.
-ALLOW_PATTERNS = ["model.safetensors", "config.json", "README.md", "misclassified.safetensors", "*.png"]
-REQUIRED_FILES = ("model.safetensors", "config.json", "README.md")
 _TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
@@ -35,22 +32,11 @@ class PublishError(RuntimeError):
     """A push that did not happen; the message is one line and says how to retry."""
 
 
-def check_repo_id(repo_id: str) -> str:
+def check_repo_id(repo_id: str, what: str = "--push-to-hub") -> str:
     """Refuse anything that is not 'owner/name' before any work is done."""
     if not _REPO_ID.match(repo_id or "") or ".." in repo_id or repo_id.endswith((".git", "-", ".")):
-        raise ValueError(
-            f"--push-to-hub must be 'owner/name' (letters, digits, '-', '_', '.'), got {repo_id!r}"
-        )
+        raise ValueError(f"{what} must be 'owner/name' (letters, digits, '-', '_', '.'), got {repo_id!r}")
     return repo_id
-
-
-def release_files(folder: str | Path) -> list[str]:
-    """The files of `folder` that the allow-list uploads, after checking the release is complete."""
-    folder = Path(folder)
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if missing:
-        raise PublishError(f"{folder} is not a complete release: missing {missing}")
-    return sorted(p.name for p in folder.iterdir() if p.is_file() and any(p.match(g) for g in ALLOW_PATTERNS))
 
 
 def redact(text: str, token: str | None = None) -> str:
@@ -61,32 +47,69 @@ def redact(text: str, token: str | None = None) -> str:
     return _TOKEN_SHAPE.sub("hf_***", text)
 
 
+def one_line(err: BaseException, token: str | None = None) -> str:
+    """An exception as one line without the request (headers carry the token) or the token itself."""
+    return redact(str(err).splitlines()[0] if str(err) else type(err).__name__, token)
+
+
+def check_write_access(repo_id: str, token: str | None = None, repo_type: str = "model") -> str:
+    """Before any work: a token is there, the Hub accepts it, and it may write to the repo's owner; returns the user.
+
+    A read-only token, or a namespace that is neither the user nor one of their organizations, is refused here,
+    not after an hour of training.
+    """
+    if not (token or get_token()):
+        raise PublishError(f"pushing to {repo_id} needs a Hugging Face token with write access: set HF_TOKEN or run "
+                           "`hf auth login`")
+    try:
+        me = HfApi(token=token).whoami()
+    except NETWORK_ERRORS as err:
+        raise PublishError(f"cannot check the token for {repo_id} ({type(err).__name__}: {one_line(err, token)}); "
+                           "check the token and the network, then run again") from None
+    auth = (me.get("auth") or {}).get("accessToken") or {}
+    if auth.get("role") == "read":
+        raise PublishError(f"the token of {me.get('name')} is read-only; {repo_id} needs a token with write access")
+    owner = repo_id.split("/")[0]
+    namespaces = {me.get("name")} | {org.get("name") for org in me.get("orgs") or []}
+    if owner not in namespaces:
+        raise PublishError(f"{me.get('name')} cannot write to {owner}/: the token's namespaces are "
+                           f"{', '.join(sorted(n for n in namespaces if n))}")
+    return str(me.get("name"))
+
+
 def retry_command(folder: str | Path, repo_id: str, private: bool) -> str:
     """The command that re-pushes the folder."""
     return f"resnet-cifar-push {folder} {repo_id}" + (" --private" if private else "")
 
 
+def upload(api: HfApi, repo_id: str, repo_type: str, contents: dict[str, bytes], commit_message: str) -> str:
+    """One commit adding exactly `contents` (path in repo -> bytes), listed in its description; the commit URL."""
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in contents.items()]
+    commit = api.create_commit(repo_id=repo_id, repo_type=repo_type, operations=operations,
+                               commit_message=commit_message,
+                               commit_description="Files: " + ", ".join(contents))
+    return str(getattr(commit, "commit_url", commit))
+
+
 def publish(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
             commit_message: str = "Upload resnet-cifar release") -> str:
-    """Create the repo if needed and upload the allow-listed files in one commit; return the commit URL.
+    """Create the repo if needed and upload the release's own files in one commit; return the commit URL.
 
-    The token comes from the argument, else HF_TOKEN or the saved login; it is never printed or written.
+    Only the names a release has (resnet_cifar.release.FILES), each a regular file read without following a
+    link: nothing else in the folder, nothing a symbolic link points to. The token comes from the argument,
+    else HF_TOKEN or the saved login; it is never printed or written.
     """
     check_repo_id(repo_id)
-    files = release_files(folder)
+    try:
+        contents = {name: release.read_bytes(folder, name) for name in release.files(folder)}
+    except release.ReleaseError as err:
+        raise PublishError(f"{err}; nothing was pushed") from None
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=repo_id, repo_type="model", folder_path=str(folder), allow_patterns=ALLOW_PATTERNS,
-            commit_message=commit_message,
-            commit_description=f"Files: {', '.join(files)}",
-        )
+        return upload(api, repo_id, "model", contents, commit_message)
     except NETWORK_ERRORS as err:
-        # Keep it to one line, without the request (headers carry the token).
-        reason = redact(str(err).splitlines()[0] if str(err) else type(err).__name__, token)
         raise PublishError(
-            f"push to {repo_id} failed ({type(err).__name__}: {reason}); the release is intact in {folder}; "
-            f"retry with: {retry_command(folder, repo_id, private)}"
+            f"push to {repo_id} failed ({type(err).__name__}: {one_line(err, token)}); the release is intact in "
+            f"{folder}; retry with: {retry_command(folder, repo_id, private)}"
         ) from None
-    return str(getattr(commit, "commit_url", commit))

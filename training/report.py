@@ -1,11 +1,11 @@
-"""After Trainer.test: measure the saved weights, collect mistakes, and draw the plots the model card shows."""
+"""After Trainer.test: the mistakes, per-class figures and the plots the model card shows, all from the one
+evaluation the test produced."""
 
 from __future__ import annotations
 
 import csv
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,65 +14,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from resnet_cifar import ResNet9, gradcam  # noqa: E402
-from resnet_cifar.artifacts import MisclassifiedSet  # noqa: E402
+from resnet_cifar.captions import MISTAKE_LEGEND  # noqa: E402
 from resnet_cifar.preprocess import normalize  # noqa: E402
+from resnet_cifar.release import MisclassifiedSet  # noqa: E402
+
+from .module import Evaluation  # noqa: E402
 
 GRID_IMAGES = 20  # mistakes shown in the misclassified and Grad-CAM grids
 
 
-@dataclass
-class Evaluation:
-    """Predictions of a model over a labelled image set."""
-
-    probabilities: np.ndarray  # N x C float32
-    labels: np.ndarray  # N int64
-    tta_probabilities: np.ndarray | None = None
-
-    @property
-    def predictions(self) -> np.ndarray:
-        """Arg-max class per image."""
-        return self.probabilities.argmax(1)
-
-    @property
-    def accuracy(self) -> float:
-        """Fraction of images whose arg-max class is the label."""
-        return float((self.predictions == self.labels).mean())
-
-    @property
-    def tta_accuracy(self) -> float | None:
-        """Accuracy with horizontal-flip test-time augmentation, when computed."""
-        if self.tta_probabilities is None:
-            return None
-        return float((self.tta_probabilities.argmax(1) == self.labels).mean())
-
-    @property
-    def loss(self) -> float:
-        """Mean cross-entropy."""
-        p = self.probabilities[np.arange(len(self.labels)), self.labels]
-        return float(-np.log(np.clip(p, 1e-12, None)).mean())
-
-
-def evaluate(model: ResNet9, images: np.ndarray, labels: np.ndarray, batch_size: int = 500,
-             device: str | torch.device = "cpu", tta: bool = True) -> Evaluation:
-    """Run the model in eval mode over N x 32 x 32 x 3 uint8 images (no augmentation)."""
-    model = model.to(device)
-    probs, tta_probs = [], []
-    for start in range(0, len(images), batch_size):
-        batch = normalize(images[start:start + batch_size], model.mean, model.std).to(device)
-        probs.append(model.probabilities(batch).cpu().numpy())
-        if tta:
-            tta_probs.append(model.probabilities(batch, tta=True).cpu().numpy())
-    return Evaluation(np.concatenate(probs), labels.astype(np.int64), np.concatenate(tta_probs) if tta else None)
-
-
-def per_class_accuracy(evaluation: Evaluation, class_names: Sequence[str]) -> dict[str, float]:
-    """Accuracy over the images of each true class."""
+def per_class_accuracy(evaluation: Evaluation, class_names: Sequence[str]) -> dict[str, float | None]:
+    """Accuracy over the test images of each true class (None for a class with no test image)."""
     preds, labels = evaluation.predictions, evaluation.labels
     return {
-        name: float((preds[labels == c] == c).mean()) if (labels == c).any() else float("nan")
+        name: float((preds[labels == c] == c).mean()) if (labels == c).any() else None
         for c, name in enumerate(class_names)
     }
 
@@ -84,14 +41,17 @@ def confusion_matrix(evaluation: Evaluation, num_classes: int) -> np.ndarray:
     return matrix
 
 
-def misclassified(images: np.ndarray, evaluation: Evaluation, count: int = 100) -> MisclassifiedSet:
-    """The `count` most confident mistakes (all of them if fewer), most confident first."""
+def misclassified(test_images: np.ndarray, evaluation: Evaluation, count: int = 100) -> MisclassifiedSet:
+    """The `count` most confident mistakes (all of them if fewer), most confident first.
+
+    `test_images` is the whole test split; the evaluation says which of its rows it measured.
+    """
     preds = evaluation.predictions
     wrong = np.flatnonzero(preds != evaluation.labels)
     confidence = evaluation.probabilities[wrong, preds[wrong]]
     chosen = wrong[np.argsort(-confidence, kind="stable")][:count]
     return MisclassifiedSet(
-        images=np.ascontiguousarray(images[chosen]),
+        images=np.ascontiguousarray(test_images[evaluation.indices[chosen]]),
         true_labels=evaluation.labels[chosen],
         predicted_labels=preds[chosen],
         probabilities=evaluation.probabilities[chosen, preds[chosen]].astype(np.float32),
@@ -144,15 +104,22 @@ def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], suggestion: fl
     return _save(fig, path)
 
 
-def plot_lr_schedule(rows: list[dict[str, float]], path: Path) -> str | None:
-    """The One Cycle learning rate at every optimizer step."""
-    points = [(row["step"], v) for row in rows for k, v in row.items() if k.startswith("lr-")]
-    if not points:
-        return None
-    steps, lrs = zip(*points)
+def plot_lr_schedule(planned: Sequence[float], rows: list[dict[str, float]], path: Path,
+                     momenta: Sequence[float | None] = ()) -> str:
+    """The whole One Cycle schedule the scheduler runs (rise, peak, fall), with the LRs the run logged on it."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, lrs)
-    ax.set(xlabel="step", ylabel="learning rate", title="One Cycle schedule")
+    ax.plot(range(len(planned)), planned, label="schedule")
+    logged = [(row["step"], v) for row in rows for k, v in row.items() if k.startswith("lr-")]
+    if logged:
+        ax.plot(*zip(*logged), "o", markersize=3, label="logged")
+    peak = int(np.argmax(planned))
+    ax.axvline(peak, color="grey", linestyle=":", label=f"peak {planned[peak]:.2e} at step {peak}")
+    if any(m is not None for m in momenta) and len(set(momenta)) > 1:
+        ax2 = ax.twinx()
+        ax2.plot(range(len(momenta)), momenta, color="tab:green", alpha=0.6)
+        ax2.set_ylabel("momentum", color="tab:green")
+    ax.set(xlabel="optimizer step", ylabel="learning rate", title="One Cycle schedule")
+    ax.legend(loc="upper right", fontsize=8)
     return _save(fig, path)
 
 
@@ -199,25 +166,15 @@ def plot_grid(images: Sequence[np.ndarray], captions: Sequence[str], title: str,
     return _save(fig, path)
 
 
-def mistake_captions(mistakes: MisclassifiedSet, class_names: Sequence[str]) -> list[str]:
-    """'predicted (p) / true' for each mistake."""
-    return [
-        f"{class_names[p]} ({prob:.2f}) / {class_names[t]}"
-        for p, prob, t in zip(mistakes.predicted_labels, mistakes.probabilities, mistakes.true_labels)
-    ]
-
-
-def plot_mistakes(model: ResNet9, mistakes: MisclassifiedSet, folder: Path, layer: str = "layer3") -> list[tuple[str, str]]:
-    """Misclassified grid and its Grad-CAM grid (explaining the predicted class); returns (file, caption)."""
+def plot_mistakes(model: ResNet9, mistakes: MisclassifiedSet, folder: Path, layer: str = "layer3") -> list[str]:
+    """Misclassified grid and its Grad-CAM grid (explaining the predicted class); returns the file names."""
     if len(mistakes) == 0:
         return []
     shown = mistakes.images[:GRID_IMAGES]
-    captions = mistake_captions(mistakes, model.class_names)[:GRID_IMAGES]
-    plots = [(plot_grid(list(shown), captions, "Misclassified: predicted (p) / true",
-                        folder / "misclassified.png"), "Most confident mistakes on the test set")]
+    captions = mistakes.captions(model.class_names)[:GRID_IMAGES]
+    names = [plot_grid(list(shown), captions, f"Misclassified: {MISTAKE_LEGEND}", folder / "misclassified.png")]
     batch = normalize(shown, model.mean, model.std).to(model.device)
     heatmaps = gradcam.explain(model, batch, layer=layer).cpu().numpy()
     overlays = [gradcam.overlay(image, heat, 0.5) for image, heat in zip(shown, heatmaps)]
-    plots.append((plot_grid(overlays, captions, f"Grad-CAM ({layer}) of the predicted class",
-                            folder / "gradcam.png"), f"Grad-CAM at {layer} on those mistakes"))
-    return plots
+    names.append(plot_grid(overlays, captions, f"Grad-CAM ({layer}) of the predicted class", folder / "gradcam.png"))
+    return names

@@ -26,10 +26,12 @@ class _ContinuingWriter(ExperimentWriter):
             reader = csv.DictReader(f)
             fieldnames = list(reader.fieldnames or [])
             rows = [row for row in reader if row.get("step") and int(float(row["step"])) < self._keep_before_step]
-        with open(self.metrics_file_path, "w", newline="") as f:
+        partial = f"{self.metrics_file_path}.partial"
+        with open(partial, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
+        os.replace(partial, self.metrics_file_path)  # the earlier log is replaced whole or not at all
         self.metrics_keys = sorted(fieldnames)
 
 
