@@ -3,6 +3,7 @@
     python benchmarks/space_bench.py latency [--repeats 50]   # /classify, /gradcam 1 and 10 images
     python benchmarks/space_bench.py load [--clients 8 --requests 50]
     python benchmarks/space_bench.py coldstart [--runs 3]
+    python benchmarks/space_bench.py hostile [--clients 4]   # worst-case uploads: peak RSS, a normal request's wait
     python benchmarks/space_bench.py all
 
 Latency: median and p95 of each endpoint through gradio_client (upload, queue, pre/post-processing, download
@@ -48,7 +49,7 @@ def release_folder() -> str:
     import torch
 
     from resnet_cifar import ResNet9
-    from resnet_cifar.artifacts import MisclassifiedSet, save_misclassified
+    from resnet_cifar.release import MisclassifiedSet, save_misclassified
 
     folder = tempfile.mkdtemp(prefix="space-bench-release-")
     torch.manual_seed(0)
@@ -220,6 +221,75 @@ def load(model: str, clients: int, per_client: int, threads: int | None) -> str:
     return "\n".join(lines)
 
 
+def hostile_png(width: int = 8000, height: int = 5000) -> bytes:
+    """A small PNG (about 0.3 MB) that declares width x height RGBA at 16 bits per channel: 8 bytes a pixel."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\0" + b"\x7f" * (width * 8)  # filter byte, then mid-grey opaque-ish pixels
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 16, 6, 0, 0, 0)  # 16-bit, colour type 6 = RGBA
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def hostile(model: str, clients: int, threads: int | None) -> str:
+    """`clients` concurrent worst-case uploads (40-megapixel 16-bit RGBA PNGs) while one visitor classifies an
+    example: the server's peak RSS, the hostile requests' times and the normal request's wait."""
+    from gradio_client import Client, handle_file
+
+    path = Path(tempfile.mkdtemp(prefix="space-bench-hostile-")) / "hostile.png"
+    path.write_bytes(hostile_png())
+    server = Server(model, threads)
+    hostile_ms: list[float] = []
+    outcomes: list[str] = []
+    try:
+        server.wait_up()
+        normal = Client(server.url, **CLIENT_KWARGS)
+        normal.predict(handle_file(str(EXAMPLES[0])), 3, api_name="/classify")
+        rss_idle, _ = server.peak_rss_mb()
+        alone = []
+        for _ in range(5):
+            start = time.perf_counter()
+            normal.predict(handle_file(str(EXAMPLES[0])), 3, api_name="/classify")
+            alone.append((time.perf_counter() - start) * 1000)
+        own = [Client(server.url, **CLIENT_KWARGS) for _ in range(clients)]
+
+        def attacker(client) -> None:
+            start = time.perf_counter()
+            try:
+                client.predict(handle_file(str(path)), 3, api_name="/classify")
+                outcomes.append("answered")
+            except Exception as err:  # noqa: BLE001 - a refusal is a fine outcome; reported
+                outcomes.append(f"refused: {str(err).splitlines()[0][:100]}")
+            hostile_ms.append((time.perf_counter() - start) * 1000)
+
+        workers = [threading.Thread(target=attacker, args=(c,)) for c in own]
+        for t in workers:
+            t.start()
+        time.sleep(0.3)  # the uploads are under way
+        start = time.perf_counter()
+        normal.predict(handle_file(str(EXAMPLES[0])), 3, api_name="/classify")
+        waited = (time.perf_counter() - start) * 1000
+        for t in workers:
+            t.join()
+        _, rss_peak = server.peak_rss_mb()
+    finally:
+        server.stop()
+    return "\n".join([
+        f"- {clients} concurrent /classify uploads of a {path.stat().st_size / 1e6:.2f} MB PNG declaring 8000x5000 "
+        "RGBA at 16 bits per channel (40 megapixels, 320 MB of samples), plus one normal /classify of an example.",
+        f"- Hostile requests: {', '.join(sorted(set(outcomes)))}; time median {statistics.median(hostile_ms):.0f} ms, "
+        f"max {max(hostile_ms):.0f} ms.",
+        f"- The normal request: {statistics.median(alone):.0f} ms alone (median of 5), **{waited:.0f} ms** during the "
+        "hostile uploads.",
+        f"- Server RSS: {rss_idle:.0f} MiB idle, peak (VmHWM) **{rss_peak:.0f} MiB**.",
+    ])
+
+
 def coldstart(model: str, runs: int, threads: int | None) -> str:
     """Process start to the page answering, and to the first /classify answer through a new client."""
     from gradio_client import Client, handle_file
@@ -256,9 +326,9 @@ def loadavg() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["latency", "load", "coldstart", "all"])
+    parser.add_argument("what", choices=["latency", "load", "coldstart", "hostile", "all"])
     parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", type=int, default=None, help="8 for load, 4 for hostile")
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="SPACE_TORCH_THREADS for the server")
@@ -271,7 +341,10 @@ def main() -> None:
         print(latency(model, args.repeats, args.threads))
     if args.what in ("load", "all"):
         print("\nLoad:\n")
-        print(load(model, args.clients, args.requests, args.threads))
+        print(load(model, args.clients or 8, args.requests, args.threads))
+    if args.what in ("hostile", "all"):
+        print("\nHostile uploads:\n")
+        print(hostile(model, args.clients or 4, args.threads))
     if args.what in ("coldstart", "all"):
         print("\nCold start:\n")
         print(coldstart(model, args.runs, args.threads))

@@ -7,18 +7,22 @@ install (CI installs it).
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import shutil
-import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES, make_release, running_space
 from PIL import Image
+
+from resnet_cifar import release
+from resnet_cifar.serving import FILE_META, UploadFolder
+from space import app
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -31,18 +35,6 @@ CHROMIUM_FLAGS = (
 TIMEOUT = 120  # generous: CI machines and this one may be busy with other jobs
 
 
-def _helpers():
-    """tests/test_space.py's helpers (release folder, launched server), imported by path."""
-    spec = importlib.util.spec_from_file_location("_space_test_helpers", Path(__file__).with_name("test_space.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-H = _helpers()
-
-
 @pytest.fixture(scope="module")
 def browser_setup(tmp_path_factory):
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
@@ -51,11 +43,20 @@ def browser_setup(tmp_path_factory):
             f"{', '.join(missing)} not found: the browser test needs Debian's chromium and chromedriver "
             "(apt-get install -y chromium chromium-driver), or set CHROMIUM / CHROMEDRIVER to their paths"
         )
-    release = H.make_release(tmp_path_factory.mktemp("release"))
-    app = H.load_app()
-    space = app.Explainer.load(str(release))
-    with H.running_space(release, tmp_path_factory.mktemp("server") / "space.log") as url:
+    folder = make_release(tmp_path_factory.mktemp("release"))
+    uploads = UploadFolder(tmp_path_factory.mktemp("expected-tmp"))
+    space = app.Space(release.read(folder), uploads)  # the same handlers, in this process: what the page must show
+    with running_space(folder, tmp_path_factory.mktemp("server") / "space.log") as url:
         yield url, space
+    uploads.close()
+
+
+def uploaded(space, path: Path) -> dict:
+    """`path` as an upload of the in-process Space."""
+    target = space.uploads.path / uuid.uuid4().hex / path.name
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(path, target)
+    return {"path": str(target), "meta": FILE_META}
 
 
 @pytest.fixture
@@ -148,9 +149,9 @@ def test_a_visitor_explores_the_space(browser_setup, driver):
     from selenium.webdriver.common.by import By
 
     url, space = browser_setup
-    examples = [p.name for p in H.EXAMPLES]
-    dog = H.EXAMPLES[examples.index("0012_dog.png")]
-    dog_path = {"path": str(dog)}
+    examples = [p.name for p in EXAMPLES]
+    dog = EXAMPLES[examples.index("0012_dog.png")]
+    dog_path = uploaded(space, dog)
     driver.get(url)
 
     # On load: the Grad-CAM gallery explains the first five examples.
@@ -167,10 +168,12 @@ def test_a_visitor_explores_the_space(browser_setup, driver):
     top = driver.find_element(By.CSS_SELECTOR, "#prediction [data-testid=label-output-value]").text
     assert top == expected[0]
 
-    # The Grad-CAM gallery now starts with the uploaded image, explained at the default layer.
+    # The Grad-CAM gallery now starts with the clicked image, explained at the default layer, and does not show
+    # the dog a second time among the examples.
     cam = wait_for(driver, lambda d: (g := gallery(d, "gradcam-gallery")) and g[0][1].startswith("your image") and g,
                    "the Grad-CAM gallery with the clicked example first")
     assert [c for _, c in cam] == [c for _, c in space.gradcam(dog_path, 5, "layer3", 0.5)]
+    assert not any(c.startswith("example dog") for _, c in cam)
     assert np.abs(fetch_rgb(cam[0][0]).astype(int) - space.gradcam(dog_path, 1, "layer3", 0.5)[0][0]).max() <= 2
 
     # "Why not ...?": the predicted class beside the runner-up by default, then beside a class the visitor picks.
@@ -197,7 +200,7 @@ def test_a_visitor_explores_the_space(browser_setup, driver):
     driver.find_element(By.CSS_SELECTOR, "#show-misclassified input[type=checkbox]").click()
     mis = wait_for(driver, lambda d: (g := gallery(d, "misclassified-gallery")) and len(g) == 10 and g,
                    "ten misclassified images")
-    assert [c for _, c in mis] == [c for _, c in space.misclassified_gallery(10, False, "layer1", 0.5)]
+    assert [c for _, c in mis] == [c for _, c in space.misclassified(10, False, "layer1", 0.5)]
     driver.find_element(By.CSS_SELECTOR, "#misclassified-gradcam input[type=checkbox]").click()
     mis_cam = wait_for(driver, lambda d: changed(d, "misclassified-gallery", mis, 10), "Grad-CAM on the mistakes")
     assert [c for _, c in mis_cam] == [c for _, c in mis]
