@@ -189,7 +189,7 @@ def test_the_push_never_follows_links_or_takes_other_files(trained, tmp_path, mo
 ])
 def test_the_token_is_checked_before_training(tmp_path, monkeypatch, hub, env, words):
     hub.install(monkeypatch)
-    monkeypatch.setattr("training.publish.get_token", lambda: os.environ.get("HF_TOKEN") or None)
+    monkeypatch.setattr("resnet_cifar.hub.get_token", lambda: os.environ.get("HF_TOKEN") or None)
     code, console = run_cli(SMOKE + ["--output-dir", str(tmp_path / "out"), "--push-to-hub", "someone/x"], env)
     assert code == 2 and words in console and "nothing was trained" in console
     assert not (tmp_path / "out").exists()
@@ -342,15 +342,32 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     first.send_signal(signal.SIGKILL)  # the checkpoint appears whole (a rename): no need to wait for the write
     assert first.wait() == -signal.SIGKILL, "the first run was killed, not finished"
     assert not (out / "release").exists()
-    stopped_at = torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"]
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    stopped_at = saved["epoch"]
     assert stopped_at < 2
+    # Lightning writes the epoch's checkpoint before that epoch's log row: make the kill land in that gap for
+    # certain by dropping the row, so the resumed log must come back whole from the checkpoint alone.
+    assert saved["epoch_log_row"]["epoch"] == stopped_at and saved["epoch_log_row"]["step"] == 6 * stopped_at + 5
+    log = out / "logs" / "metrics.csv"
+    with log.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, kept = reader.fieldnames, [r for r in reader if not (r.get("train_loss") and
+                                                                      int(r["epoch"]) == stopped_at)]
+    with log.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
     resumed = subprocess.run(_command(out, *args, "--resume", "last"), cwd=ROOT, env=_env(),
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Restored all states" in resumed.stderr + resumed.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and metrics["optimizer_steps"] == 18
-    assert [int(row["epoch"]) for row in _train_rows(out)] == [0, 1, 2], "one row per epoch, in one log"
+    rows = _train_rows(out)
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2], "one row per epoch, in one log"
+    restored = rows[stopped_at]
+    assert int(restored["step"]) == saved["epoch_log_row"]["step"]
+    assert float(restored["train_loss"]) == pytest.approx(saved["epoch_log_row"]["train_loss"])
     lr_steps = [int(row["step"]) for row in csv.DictReader((out / "logs" / "metrics.csv").open())
                 if any(k.startswith("lr-") and v for k, v in row.items())]
     assert lr_steps == [4, 9, 14], "every 5th step, before (4) and after (9, 14) the kill, once each"

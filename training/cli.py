@@ -49,8 +49,11 @@ def _devices(value: Any) -> int | str:
     return int(value) if str(value).isdigit() else str(value)
 
 
-def make_trainer(config: RunConfig, resume_step: int | None = None) -> L.Trainer:
-    """A Trainer with CSV logs, an atomically written last-epoch checkpoint and per-step LR logging."""
+def make_trainer(config: RunConfig, resumed: dict[str, Any] | None = None) -> L.Trainer:
+    """A Trainer with CSV logs, an atomically written last-epoch checkpoint and per-step LR logging.
+
+    `resumed` is the checkpoint a resumed run continues from: its log keeps the rows that checkpoint covers.
+    """
     out, hw = config.output.output_dir, config.hardware
     callbacks: list[L.Callback] = [
         # Lightning writes last.ckpt only beside a top-k save: keep the latest epoch (no monitor). No version
@@ -73,7 +76,8 @@ def make_trainer(config: RunConfig, resume_step: int | None = None) -> L.Trainer
         default_root_dir=out,
         # Flush every row: a killed run must not lose the epochs its checkpoint already covers.
         logger=ResumableCSVLogger(out, name="", version="logs", flush_logs_every_n_steps=1,
-                                  keep_before_step=resume_step),
+                                  keep_before_step=int(resumed["global_step"]) if resumed else None,
+                                  epoch_row=resumed.get("epoch_log_row") if resumed else None),
         callbacks=callbacks,
         plugins=[checkpoints.AtomicCheckpointIO()],
         limit_train_batches=hw.limit_train_batches,
@@ -236,7 +240,7 @@ def run(config: RunConfig) -> Path | None:
         saved = checkpoints.load(resume)
         checkpoints.check_resumable(saved, resume, config.to_dict(), model_config)
     lit = LitResNet(model_config, config.to_dict())
-    trainer = make_trainer(config, int(saved["global_step"]) if saved is not None else None)
+    trainer = make_trainer(config, saved)
     lr_file = out / LR_FINDER_FILE
     lr_data = None
     if saved is not None and config.optim.max_lr is None:

@@ -119,8 +119,16 @@ class LitResNet(L.LightningModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the LR the run uses (found or given): a resumed run needs no finder and no flag."""
+        """Record the LR the run uses (found or given): a resumed run needs no finder and no flag.
+
+        Also the epoch's row of the training log: Lightning saves the epoch-end checkpoint before it logs that
+        epoch's means, so a run killed between the two would resume without the row ever being written.
+        """
         checkpoint["max_lr_used"] = self.max_lr
+        means = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k in ("train_loss", "train_acc")}
+        if self.trainer.training and means:
+            checkpoint["epoch_log_row"] = {"epoch": self.trainer.current_epoch,
+                                           "step": self.trainer.global_step - 1, **means}
 
     # ---------------------------------------------------------------- optimization
 

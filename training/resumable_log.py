@@ -13,8 +13,9 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 class _ContinuingWriter(ExperimentWriter):
     """Keeps the rows logged before `keep_before_step`; rows of a partial epoch after it are redone."""
 
-    def __init__(self, log_dir: str, keep_before_step: int | None) -> None:
+    def __init__(self, log_dir: str, keep_before_step: int | None, epoch_row: dict[str, float] | None) -> None:
         self._keep_before_step = keep_before_step
+        self._epoch_row = epoch_row
         super().__init__(log_dir)
 
     def _check_log_dir_exists(self) -> None:
@@ -26,6 +27,12 @@ class _ContinuingWriter(ExperimentWriter):
             reader = csv.DictReader(f)
             fieldnames = list(reader.fieldnames or [])
             rows = [row for row in reader if row.get("step") and int(float(row["step"])) < self._keep_before_step]
+        if self._epoch_row is not None and not any(
+                row.get("train_loss") and row.get("epoch") and int(float(row["epoch"])) == self._epoch_row["epoch"]
+                for row in rows):
+            # killed after the checkpoint but before its epoch's row reached the file: the checkpoint has the row
+            fieldnames += [k for k in self._epoch_row if k not in fieldnames]
+            rows.append({k: self._epoch_row[k] for k in self._epoch_row})
         partial = f"{self.metrics_file_path}.partial"
         with open(partial, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fieldnames)
@@ -36,11 +43,17 @@ class _ContinuingWriter(ExperimentWriter):
 
 
 class ResumableCSVLogger(CSVLogger):
-    """Lightning's CSVLogger, but a run resumed at global step N keeps the rows logged before N."""
+    """Lightning's CSVLogger, but a run resumed at global step N keeps the rows logged before N.
 
-    def __init__(self, *args, keep_before_step: int | None = None, **kwargs) -> None:
+    `epoch_row` is the last finished epoch's row as its checkpoint recorded it; it is written back when the
+    log lacks it.
+    """
+
+    def __init__(self, *args, keep_before_step: int | None = None, epoch_row: dict[str, float] | None = None,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._keep_before_step = keep_before_step
+        self._epoch_row = epoch_row
 
     @property
     @rank_zero_experiment
@@ -48,5 +61,5 @@ class ResumableCSVLogger(CSVLogger):
         """The writer, created on first use (on rank zero only, as in Lightning)."""
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ContinuingWriter(self.log_dir, self._keep_before_step)
+            self._experiment = _ContinuingWriter(self.log_dir, self._keep_before_step, self._epoch_row)
         return self._experiment
