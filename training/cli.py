@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,12 +19,13 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor,
 from lightning.pytorch.tuner import Tuner
 
 from resnet_cifar import ResNet9, card, count_parameters, release
+from resnet_cifar.hub import PublishError, check_repo_id, check_write_access
 
 from . import checkpoints, report
 from .config import ConfigError, RunConfig, build_parser, resolve
 from .data import CIFAR10DataModule
 from .module import LitResNet, recalibrate_batchnorm, schedule_of
-from .publish import PublishError, check_repo_id, check_write_access, publish
+from .publish import publish
 from .resumable_log import ResumableCSVLogger
 
 RELEASE_DIR = "release"
