@@ -4,6 +4,7 @@
     python benchmarks/space_bench.py load [--clients 8 --requests 50]
     python benchmarks/space_bench.py coldstart [--runs 3]
     python benchmarks/space_bench.py hostile [--clients 4]   # worst-case uploads: peak RSS, a normal request's wait
+    python benchmarks/space_bench.py galleries [--repeats 10]   # gallery round trips: client vs server, bytes
     python benchmarks/space_bench.py all
 
 Latency: median and p95 of each endpoint through gradio_client (upload, queue, pre/post-processing, download
@@ -221,6 +222,56 @@ def load(model: str, clients: int, per_client: int, threads: int | None) -> str:
     return "\n".join(lines)
 
 
+def galleries(model: str, repeats: int, threads: int | None) -> str:
+    """Gallery round trips through gradio_client (download of every image included) against the server time,
+    with the bytes the client receives per gallery; and the same with download_files=False and the images
+    fetched over one connection (gradio_client opens a new HTTP client for every file it downloads)."""
+    import httpx
+    from gradio_client import Client, handle_file
+
+    upload = handle_file(str(EXAMPLES[6]))
+    cases = {
+        "/gradcam, 10 images": ("/gradcam", (upload, 10, "layer3", 0.5)),
+        "/misclassified, 100 images": ("/misclassified", (100, False, "layer3", 0.5)),
+        "/misclassified, 100 images with Grad-CAM": ("/misclassified", (100, True, "layer3", 0.5)),
+    }
+    server = Server(model, threads)
+    client_ms: dict[str, list[float]] = {name: [] for name in cases}
+    urls_ms: dict[str, list[float]] = {name: [] for name in cases}
+    sizes: dict[str, int] = {}
+    formats: dict[str, str] = {}
+    try:
+        server.wait_up()
+        client = Client(server.url, **CLIENT_KWARGS)
+        by_url = Client(server.url, download_files=False, **CLIENT_KWARGS)
+        session = httpx.Client(timeout=300)
+        for api_name, args in cases.values():
+            client.predict(*args, api_name=api_name)
+        skip = len(server.server_times())
+        for _ in range(repeats):
+            for name, (api_name, args) in cases.items():
+                start = time.perf_counter()
+                for item in by_url.predict(*args, api_name=api_name):
+                    session.get(item["image"]["url"]).raise_for_status()
+                urls_ms[name].append((time.perf_counter() - start) * 1000)
+                start = time.perf_counter()
+                items = client.predict(*args, api_name=api_name)
+                client_ms[name].append((time.perf_counter() - start) * 1000)
+                sizes[name] = sum(Path(item["image"]).stat().st_size for item in items)
+                formats[name] = Path(items[0]["image"]).suffix.lstrip(".")
+        logged = server.server_times()[skip:]
+    finally:
+        server.stop()
+    rows = ["| request | client, gradio_client downloads: median (ms) | client, URLs + one connection: median (ms) "
+            "| server time: median (ms) | bytes per gallery | format |",
+            "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for i, name in enumerate(cases):
+        inside = [ms for j, (_, _, ms) in enumerate(logged) if (j // 2) % len(cases) == i]
+        rows.append(f"| `{name}` | {statistics.median(client_ms[name]):.0f} | {statistics.median(urls_ms[name]):.0f} "
+                    f"| {statistics.median(inside):.0f} | {sizes[name]:,} | {formats[name]} |")
+    return "\n".join(rows)
+
+
 def hostile_png(width: int = 8000, height: int = 5000) -> bytes:
     """A small PNG (about 0.3 MB) that declares width x height RGBA at 16 bits per channel: 8 bytes a pixel."""
     import struct
@@ -326,7 +377,7 @@ def loadavg() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["latency", "load", "coldstart", "hostile", "all"])
+    parser.add_argument("what", choices=["latency", "load", "coldstart", "hostile", "galleries", "all"])
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--clients", type=int, default=None, help="8 for load, 4 for hostile")
     parser.add_argument("--requests", type=int, default=50)
@@ -342,6 +393,9 @@ def main() -> None:
     if args.what in ("load", "all"):
         print("\nLoad:\n")
         print(load(model, args.clients or 8, args.requests, args.threads))
+    if args.what in ("galleries", "all"):
+        print(f"\nGalleries ({args.repeats} interleaved calls each, after 1 warm-up call each):\n")
+        print(galleries(model, args.repeats, args.threads))
     if args.what in ("hostile", "all"):
         print("\nHostile uploads:\n")
         print(hostile(model, args.clients or 4, args.threads))

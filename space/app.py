@@ -1,13 +1,15 @@
 """The resnet-cifar Space: classify an image with ResNet-9 and show where it looks, with Captum Grad-CAM.
 
 Layout and wiring only: loading the release, decoding uploads, the model work, the checks of every argument and
-the captions are resnet_cifar's (release, serving, gradcam, captions). The release comes from MODEL_ID (a Hub
-repo id or a release folder) or, when unset, the bundled model/ folder. Run: `python space/app.py`.
+the captions are resnet_cifar's (release, service, serving, gradcam, captions). The release comes from MODEL_ID
+(a Hub repo id or a release folder), else space.json (written by `resnet-cifar-space build`), else the bundled
+model/ folder. Run: `python space/app.py`.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -16,19 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
 from starlette.middleware import Middleware
 
 from resnet_cifar import captions, release
-from resnet_cifar.gradcam import LAYER_DESCRIPTIONS, LAYERS, check_layer, check_opacity, overlay
-from resnet_cifar.model import short, whole_number
-from resnet_cifar.preprocess import load_image, resize_rgb
-from resnet_cifar.serving import ApiGate, Explainer, Param, UploadFolder, return_freed_memory, save_image
+from resnet_cifar.gradcam import LAYER_DESCRIPTIONS, LAYERS
+from resnet_cifar.model import short
+from resnet_cifar.service import RUNNER_UP, LastRequests, Service
+from resnet_cifar.serving import ApiGate, Param, UploadFolder, return_freed_memory, save_image
 
 HERE = Path(__file__).resolve().parent
 BUNDLED_MODEL = HERE / "model"
 EXAMPLES_DIR = HERE / "examples"
-RUNNER_UP = "runner-up"  # /compare's class_name for "the second most likely class, whichever it is"
 log = logging.getLogger("space")
 
 
@@ -76,80 +76,14 @@ def refusals_as_errors(handler):
     return checked
 
 
-class Space:
-    """The release, its explainer, the examples and the four things a visitor can ask for."""
+class Space(Service):
+    """The release served with this Space's examples and settings."""
 
     def __init__(self, loaded: release.Release, uploads: UploadFolder, settings: Settings = SETTINGS) -> None:
-        self.release, self.uploads, self.settings = loaded, uploads, settings
-        self.model = loaded.model
-        self.explainer = Explainer(loaded.model, workers=settings.concurrency)
-        self.example_paths = sorted(EXAMPLES_DIR.glob("*.png"))
-        self.examples = [load_image(p) for p in self.example_paths]
-        mis = loaded.misclassified
-        self.num_misclassified = 0 if mis is None else min(len(mis), settings.max_misclassified_shown)
-
-    def _image(self, payload: Any) -> np.ndarray:
-        if payload is None:
-            raise ValueError("no image given; upload an image (PNG, JPEG, WebP, GIF, BMP, TIFF) or pick an example")
-        return self.explainer.load_image(self.uploads.check(payload))
-
-    def _shown(self, image: np.ndarray, heat: Any = None, opacity: float = 0.0) -> np.ndarray:
-        shown = resize_rgb(image, self.settings.display_size)
-        return shown if heat is None else overlay(shown, heat.numpy(), opacity)
-
-    def classify(self, image: Any, top_k: Any) -> dict[str, float]:
-        """Top-k classes of an uploaded image: {class name: probability}, most likely first."""
-        top_k = self.model.check_top_k(top_k)
-        probs = self.explainer.probabilities([self._image(image)])[0]
-        values, indices = probs.topk(top_k)
-        return {self.model.class_names[i]: float(p) for p, i in zip(values.tolist(), indices.tolist())}
-
-    def gradcam(self, image_or_none: Any, count: Any, layer: Any, opacity: Any) -> list[tuple[np.ndarray, str]]:
-        """`count` Grad-CAM overlays for the predicted class: the upload first (if any), then other examples."""
-        count = whole_number(count, "count", 1, self.settings.max_gradcam_images)
-        layer, opacity = check_layer(layer), check_opacity(opacity)
-        images, sources = [], []
-        if image_or_none is not None:
-            images, sources = [self._image(image_or_none)], ["your image"]
-        for path, example in zip(self.example_paths, self.examples):
-            if len(images) < count and not any(np.array_equal(example, shown) for shown in images):
-                images.append(example)  # an example the visitor picked is shown once, as theirs
-                sources.append(f"example {path.stem.split('_', 1)[-1]}")
-        maps, probs = self.explainer.explain(images, layer)
-        names = self.model.class_names
-        return [(self._shown(img, heat, opacity), f"{src}: {captions.class_probability(names[int(p.argmax())], p.max())}")
-                for img, heat, p, src in zip(images, maps, probs, sources)]
-
-    def compare(self, image: Any, class_name: Any, layer: Any, opacity: Any) -> list[tuple[np.ndarray, str]]:
-        """Grad-CAM of the predicted class beside that of a class the visitor picks ("why not dog?")."""
-        names = self.model.class_names
-        if not isinstance(class_name, str) or class_name not in (*names, RUNNER_UP):
-            raise ValueError(f"unknown class {short(class_name)}; allowed are {', '.join(names)} or {RUNNER_UP!r}")
-        layer, opacity = check_layer(layer), check_opacity(opacity)
-        rgb = self._image(image)
-        probs = self.explainer.probabilities([rgb])[0]
-        predicted, runner_up = probs.topk(2).indices.tolist()
-        chosen = runner_up if class_name == RUNNER_UP else names.index(class_name)
-        maps, _ = self.explainer.explain([rgb, rgb], layer, targets=[predicted, chosen])  # one batched pass
-        return [(self._shown(rgb, maps[0], opacity), f"predicted: {captions.class_probability(names[predicted], probs[predicted])}"),
-                (self._shown(rgb, maps[1], opacity),
-                 f"why not {names[chosen]}? {captions.class_probability(names[chosen], probs[chosen])}")]
-
-    def misclassified(self, count: Any, show_gradcam: Any, layer: Any, opacity: Any) -> list[tuple[np.ndarray, str]]:
-        """The release's most confident test mistakes, captioned 'predicted (p) / true', optionally with Grad-CAM."""
-        if self.num_misclassified == 0:
-            raise ValueError(f"this release carries no misclassified images ({release.MISCLASSIFIED_NAME})")
-        count = whole_number(count, "count", 1, self.num_misclassified)
-        if not isinstance(show_gradcam, bool):
-            raise ValueError(f"show_gradcam must be true or false, got {short(show_gradcam)}")
-        layer, opacity = check_layer(layer), check_opacity(opacity)
-        mis = self.release.misclassified
-        images = list(mis.images[:count])
-        # Explain the (wrong) class the model chose: what made it think so.
-        maps = (self.explainer.explain(images, layer, targets=mis.predicted_labels[:count].tolist())[0]
-                if show_gradcam else [None] * count)
-        return [(self._shown(img, heat, opacity), caption)
-                for img, heat, caption in zip(images, maps, mis.captions(self.model.class_names))]
+        super().__init__(loaded, uploads, sorted(EXAMPLES_DIR.glob("*.png")), display_size=settings.display_size,
+                         max_gradcam_images=settings.max_gradcam_images,
+                         max_misclassified_shown=settings.max_misclassified_shown, workers=settings.concurrency)
+        self.settings = settings
 
 
 def as_files(gallery, folder: Path):
@@ -167,10 +101,20 @@ Upload an image or click one of the CIFAR-10 test images below. The model sees e
 Grad-CAM highlights the regions that raised the score of a class (red: most), at the layer you choose.
 {model}"""
 CSS = """
+/* Galleries as tall as their images (gradio reserves 450 px), each caption in full under its image. */
 .fit-gallery .fixed-height { min-height: 0 !important; max-height: none !important; }
+.fit-gallery .grid-container { grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important; }
+.fit-gallery .thumbnail-item { height: auto !important; aspect-ratio: auto !important; flex-direction: column; }
+.fit-gallery .thumbnail-item img { width: 100%; height: auto !important; aspect-ratio: 1 / 1; }
+.fit-gallery .caption-label { position: static !important; max-width: none !important; width: auto !important;
+  white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
+  text-align: center; line-height: 1.3; padding: 2px 4px !important; }
+/* Phones and narrow windows: 3 columns, then 2; controls stack instead of clipping their labels. */
+@media (max-width: 768px) { .fit-gallery .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; } }
+@media (max-width: 480px) { .fit-gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }
+#show-gradcam, #show-misclassified, #misclassified-gradcam { min-width: min(200px, 100%) !important; }
 #upload img { min-width: 128px; object-fit: contain !important; }
 """
-
 
 def model_line(loaded: release.Release) -> str:
     """Which model answers, for visitors: its Hub page and the accuracy its card states, never a server path."""
@@ -201,24 +145,24 @@ def layout(space: Space) -> dict[str, Any]:
         ui["cam_count"] = gr.Slider(1, s.max_gradcam_images, s.default_gradcam_images, step=1, elem_id="gradcam-count",
                                     label="Number of Grad-CAM images", info="your image first, then the examples")
         ui["layer"] = gr.Dropdown([(LAYER_DESCRIPTIONS[n], n) for n in LAYERS], value=s.default_layer, label="Layer",
-                                  elem_id="layer")
+                                  elem_id="layer", min_width=280)
         ui["opacity"] = gr.Slider(0, 1, s.default_opacity, step=0.05, label="Heatmap opacity", elem_id="opacity")
-    ui["cam_gallery"] = gr.Gallery(label="Grad-CAM", columns=5, format="png", elem_id="gradcam-gallery",
+    ui["cam_gallery"] = gr.Gallery(label="Grad-CAM", columns=5, format="jpeg", elem_id="gradcam-gallery",
                                    elem_classes="fit-gallery")
     gr.Markdown("## Why not ...? Your image explained for a class you pick, beside the predicted one")
     with gr.Row():
         ui["why_not"] = gr.Dropdown([("the runner-up (2nd most likely class)", RUNNER_UP), *names], value=RUNNER_UP,
                                     label="Explain your image as", scale=1, elem_id="why-not")
-        ui["compare_gallery"] = gr.Gallery(label="Predicted class vs. your class", columns=2, format="png", scale=1,
+        ui["compare_gallery"] = gr.Gallery(label="Predicted class vs. your class", columns=2, format="jpeg", scale=1,
                                            elem_id="compare-gallery", elem_classes="fit-gallery")
     gr.Markdown("## Misclassified test images: the model's most confident mistakes")
     with gr.Row():
         ui["show_mis"] = gr.Checkbox(False, label="Show misclassified images", interactive=n_mis > 0,
                                      elem_id="show-misclassified")
         ui["mis_count"] = gr.Slider(1, max(n_mis, 1), min(s.default_misclassified_shown, max(n_mis, 1)), step=1,
-                                    label=f"How many (of {n_mis})", elem_id="misclassified-count")
+                                    label=f"How many (of {n_mis})", elem_id="misclassified-count", min_width=200)
         ui["mis_cam"] = gr.Checkbox(False, label="Overlay Grad-CAM on them", elem_id="misclassified-gradcam")
-    ui["mis_gallery"] = gr.Gallery(label=captions.MISTAKE_LEGEND, columns=5, format="png", visible=False,
+    ui["mis_gallery"] = gr.Gallery(label=captions.MISTAKE_LEGEND, columns=5, format="jpeg", visible=False,
                                    elem_id="misclassified-gallery", elem_classes="fit-gallery")
     return ui
 
@@ -250,13 +194,28 @@ def build_demo(space: Space) -> gr.Blocks:
     return demo
 
 
+def session(request: gr.Request) -> str:
+    """The visitor's session ('' for a request without one)."""
+    return getattr(request, "session_hash", None) or ""
+
+
 def wire_page(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[str, Any]) -> None:
-    """Page events: not callable as API; an empty image is no error; a bad upload is reported once."""
+    """Page events: not callable as API; an empty image is no error; a bad upload is reported once, as a
+    warning, and cleared from the page; repeated inputs are skipped."""
+    last = LastRequests()
 
-    def page_classify(image, top_k):
-        return None if image is None else handlers["classify"](image, top_k)
+    def page_classify(image, top_k, request: gr.Request):
+        if last.repeated(session(request), "classify", image, top_k):
+            return gr.skip(), gr.skip()
+        try:
+            return (None if image is None else handlers["classify"](image, top_k)), gr.skip()
+        except gr.Error as err:  # say it once, and take the unreadable image off the page
+            gr.Warning(err.message)
+            return None, None
 
-    def page_gradcam(image, show, count, layer, opacity):
+    def page_gradcam(image, show, count, layer, opacity, request: gr.Request):
+        if last.repeated(session(request), "gradcam", image, show, count, layer, opacity):
+            return gr.skip()
         if not show:
             return gr.update(visible=False)
         try:
@@ -264,13 +223,17 @@ def wire_page(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[
         except gr.Error:  # the classifier reports the bad upload; the examples still explain
             return gr.update(visible=True, value=handlers["gradcam"](None, count, layer, opacity))
 
-    def page_compare(image, class_name, layer, opacity):
+    def page_compare(image, class_name, layer, opacity, request: gr.Request):
+        if last.repeated(session(request), "compare", image, class_name, layer, opacity):
+            return gr.skip()
         try:
             return None if image is None else handlers["compare"](image, class_name, layer, opacity)
         except gr.Error:
             return None
 
-    def page_misclassified(show, count, with_cam, layer, opacity):
+    def page_misclassified(show, count, with_cam, layer, opacity, request: gr.Request):
+        if last.repeated(session(request), "misclassified", show, count, with_cam, layer, opacity):
+            return gr.skip()
         if not show or space.num_misclassified == 0:
             return gr.update(visible=False)
         return gr.update(visible=True, value=handlers["misclassified"](count, with_cam, layer, opacity))
@@ -278,7 +241,8 @@ def wire_page(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[
     page = dict(preprocess=False, concurrency_limit=space.settings.requests, concurrency_id="model",
                 api_name=False, api_visibility="private", trigger_mode="always_last")
     explained = [ui["layer"].change, ui["opacity"].change]
-    gr.on([ui["image"].change, ui["top_k"].change], page_classify, [ui["image"], ui["top_k"]], ui["label"], **page)
+    gr.on([ui["image"].change, ui["top_k"].change], page_classify, [ui["image"], ui["top_k"]],
+          [ui["label"], ui["image"]], **page)
     gr.on([demo.load, ui["image"].change, ui["show_cam"].change, ui["cam_count"].change, *explained], page_gradcam,
           [ui[k] for k in ("image", "show_cam", "cam_count", "layer", "opacity")], ui["cam_gallery"], **page)
     gr.on([ui["image"].change, ui["why_not"].change, *explained], page_compare,
@@ -298,15 +262,21 @@ def api_gate(demo: gr.Blocks, space: Space) -> Middleware:
     return Middleware(ApiGate, endpoints=endpoints, functions=functions, uploads=space.uploads)
 
 
-def model_source() -> str:
-    """MODEL_ID when set, else the bundled release folder; a clear error when neither exists."""
+def model_source() -> tuple[str, str | None]:
+    """(source, revision) of the release to serve: MODEL_ID (and MODEL_REVISION) when set, else what space.json
+    names (a built Space), else the bundled model/ folder; a clear error when there is none."""
     source = os.environ.get("MODEL_ID", "").strip()
     if source:
-        return source
+        return source, os.environ.get("MODEL_REVISION") or None
+    config = HERE / "space.json"
+    if config.is_file():
+        named = json.loads(config.read_text())
+        model = named.get("model")
+        return (str(HERE / model) if (HERE / model).is_dir() else model), named.get("revision")
     if not BUNDLED_MODEL.is_dir():
         raise SystemExit(f"no model to serve: set MODEL_ID to a Hub repo id or a release folder, or put a release "
                          f"({', '.join(release.REQUIRED_FILES)}) in {BUNDLED_MODEL}")
-    return str(BUNDLED_MODEL)
+    return str(BUNDLED_MODEL), None
 
 
 def main() -> None:
@@ -321,8 +291,8 @@ def main() -> None:
     uploads = UploadFolder(os.environ.get("SPACE_TEMP_DIR") or None)
     os.environ["GRADIO_TEMP_DIR"] = str(uploads.path)  # before any component exists: they read it at creation
     uploads.start()
-    source = model_source()
-    space = Space(release.read(source, revision=os.environ.get("MODEL_REVISION") or None), uploads)
+    source, revision = model_source()
+    space = Space(release.read(source, revision=revision), uploads)
     log.info("serving %s (%d misclassified images, uploads in %s, removed %d stale folders)", source,
              space.num_misclassified, uploads.path, len(uploads.removed_stale))
     demo = build_demo(space)

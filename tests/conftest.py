@@ -157,8 +157,10 @@ class FakeHubApi:
             return f"https://huggingface.co/{repo_id}"
 
         def create_commit(self, repo_id, operations, **kwargs):
-            files = {op.path_in_repo: op.path_or_fileobj for op in operations}
-            hub.commits.append({"repo_id": repo_id, "files": list(files), "contents": files, **kwargs})
+            files = {op.path_in_repo: op.path_or_fileobj for op in operations if hasattr(op, "path_or_fileobj")}
+            deleted = [op.path_in_repo for op in operations if not hasattr(op, "path_or_fileobj")]
+            hub.commits.append({"repo_id": repo_id, "files": list(files), "contents": files, "deleted": deleted,
+                                **kwargs})
             return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/abc123", commit_message="",
                               commit_description="", oid="abc123")
 
@@ -290,6 +292,12 @@ def good_uploads(folder: Path) -> dict[str, Path]:
         out[name] = folder / name
     assert Image.open(out["gray16.png"]).mode.startswith("I;16")
     return out
+
+
+def assert_close_pixels(shown: np.ndarray, expected: np.ndarray) -> None:
+    """A served gallery JPEG against the pixels the library computes: close, as JPEG at quality 95 is."""
+    diff = np.abs(shown.astype(int) - expected.astype(int))
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 16, (diff.mean(), diff.max())
 
 
 def sample_split(split: str = "test") -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, rgba16_png
+from conftest import EXAMPLES, assert_close_pixels, rgba16_png
 from PIL import Image
 
 from resnet_cifar import ResNet9, load_image
@@ -314,11 +314,13 @@ def test_large_images_are_decoded_one_at_a_time(explainer, tmp_path, monkeypatch
 
 
 def test_save_image_is_named_by_content_and_written_once(tmp_path):
-    image = np.asarray(Image.open(EXAMPLES[0]).convert("RGB"))
+    image = np.asarray(Image.open(EXAMPLES[0]).convert("RGB").resize((160, 160), Image.BICUBIC))  # a gallery's size
     first, again = save_image(image, tmp_path), save_image(image, tmp_path)
-    assert first == again and Path(first).suffix == ".png"
-    np.testing.assert_array_equal(np.asarray(Image.open(first)), image)
+    assert first == again and Path(first).suffix == ".jpg"
+    assert_close_pixels(np.asarray(Image.open(first)), image)
     assert [p.name for p in tmp_path.iterdir()] == [Path(first).name], "no partial file left behind"
+    other = save_image(image[::-1].copy(), tmp_path)
+    assert other != first and sorted(p.name for p in tmp_path.iterdir()) == sorted({Path(first).name, Path(other).name})
 
 
 def test_freed_memory_goes_back_to_the_system_on_glibc():

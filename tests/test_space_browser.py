@@ -1,8 +1,11 @@
 """The Space in a real browser: Debian's chromium, headless, driven by Selenium through chromedriver.
 
-A visitor loads the page, clicks an example, reads the top-k label, sees Grad-CAM images, changes the layer
-and the opacity, and opens the misclassified gallery. Not skipped: without chromium it fails and says what to
-install (CI installs it).
+A visitor on a desktop (1280 px) and on a phone (390 px, emulated) loads the page, clicks an example, reads the
+top-k label, sees Grad-CAM images, changes the layer and the opacity, opens the misclassified gallery; every
+caption is readable in full and nothing is wider than the screen. A bad upload is reported once and cleared;
+typing a number sends one request. The Space serves its release by Hub id, from a local Hub cache (offline).
+Screenshots are kept in test-artifacts/. Not skipped: without chromium it fails and says what to install (CI
+installs it).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, make_release, running_space
+from conftest import EXAMPLES, assert_close_pixels, make_release, running_space
 from PIL import Image
 
 from resnet_cifar import release
@@ -35,6 +38,20 @@ CHROMIUM_FLAGS = (
 TIMEOUT = 120  # generous: CI machines and this one may be busy with other jobs
 
 
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+DESKTOP, PHONE = 1280, 390
+
+
+def hub_cache(root: Path, repo_id: str, folder: Path) -> Path:
+    """A Hugging Face cache holding `folder` as the latest snapshot of model repo `repo_id` (read offline)."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    return root
+
+
 @pytest.fixture(scope="module")
 def browser_setup(tmp_path_factory):
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
@@ -43,12 +60,19 @@ def browser_setup(tmp_path_factory):
             f"{', '.join(missing)} not found: the browser test needs Debian's chromium and chromedriver "
             "(apt-get install -y chromium chromium-driver), or set CHROMIUM / CHROMEDRIVER to their paths"
         )
-    folder = make_release(tmp_path_factory.mktemp("release"))
+    folder = make_release(tmp_path_factory.mktemp("release"), card=CARD)
+    cache = hub_cache(tmp_path_factory.mktemp("hub"), "someone/resnet9", folder)
     uploads = UploadFolder(tmp_path_factory.mktemp("expected-tmp"))
     space = app.Space(release.read(folder), uploads)  # the same handlers, in this process: what the page must show
-    with running_space(folder, tmp_path_factory.mktemp("server") / "space.log") as url:
-        yield url, space
+    log = tmp_path_factory.mktemp("server") / "space.log"
+    with running_space("someone/resnet9", log, env={"HF_HUB_CACHE": str(cache)}) as url:
+        yield url, space, log
     uploads.close()
+
+
+CARD = ("---\nlicense: mit\nmodel-index:\n- name: r\n  results:\n  - task: {type: image-classification}\n"
+        "    dataset: {type: uoft-cs/cifar10, name: CIFAR-10}\n    metrics:\n    - {type: accuracy, value: 0.8885}\n"
+        "---\n# card\n")
 
 
 def uploaded(space, path: Path) -> dict:
@@ -59,21 +83,42 @@ def uploaded(space, path: Path) -> dict:
     return {"path": str(target), "meta": FILE_META}
 
 
-@pytest.fixture
-def driver(tmp_path):
+def open_browser(profile: Path, width: int):
+    """Headless chromium showing pages `width` CSS pixels wide (a phone is emulated: chromium's window is at
+    least 500 px)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which(CHROMIUM)
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
     chrome = webdriver.Chrome(service=Service(shutil.which(CHROMEDRIVER)), options=options)
+    chrome.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": width, "height": 900 if width < 600 else 1400, "deviceScaleFactor": 1, "mobile": width < 600})
+    return chrome
+
+
+@pytest.fixture
+def driver(tmp_path, request):
+    chrome = open_browser(tmp_path / "profile", getattr(request, "param", DESKTOP))
     try:
         yield chrome
     finally:
-        chrome.save_screenshot(str(tmp_path / "last.png"))
+        screenshot(chrome, request.node.name)
         chrome.quit()
+
+
+def screenshot(driver, name: str) -> Path:
+    """The whole page as a PNG in test-artifacts/ (kept after the run, for people and CI to look at)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    width = driver.execute_script("return window.innerWidth")
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": width, "height": min(height, 8000), "deviceScaleFactor": 1, "mobile": width < 600})
+    path = ARTIFACTS / f"{name.replace('[', '-').replace(']', '')}.png"
+    driver.save_screenshot(str(path))
+    return path
 
 
 # ---------------------------------------------------------------- what the page shows
@@ -136,6 +181,31 @@ def choose(driver, elem_id: str, option_text: str) -> None:
     options[0].click()
 
 
+def overflowing(driver) -> list[str]:
+    """Elements that stick out of the viewport sideways (what makes a phone scroll horizontally)."""
+    return driver.execute_script("""
+        const width = document.documentElement.clientWidth;
+        return Array.from(document.querySelectorAll('body *')).filter(e => {
+            const r = e.getBoundingClientRect();
+            return r.width > 0 && r.height > 0 && (r.right > width + 1 || r.left < -1);
+        }).map(e => e.tagName + '#' + e.id + '.' + String(e.className).slice(0, 40));""")
+
+
+def cut_texts(driver) -> list[str]:
+    """Captions and control labels whose text does not fit in their box (clipped or ellipsed)."""
+    return driver.execute_script("""
+        return Array.from(document.querySelectorAll('.caption-label, label, .label-text, [data-testid=block-info]'))
+            .filter(e => e.offsetParent !== null && (e.scrollWidth > e.clientWidth + 1))
+            .map(e => e.innerText);""")
+
+
+def columns(driver, elem_id: str) -> int:
+    """How many columns a gallery shows (distinct left edges of its images)."""
+    return driver.execute_script(
+        "return new Set(Array.from(document.querySelectorAll(arguments[0])).map(i => Math.round("
+        "i.getBoundingClientRect().left))).size", f"#{elem_id} .grid-container img")
+
+
 def changed(driver, elem_id: str, before: list[tuple[str, str]], count: int):
     """The gallery once it shows `count` images that differ from `before`."""
     now = gallery(driver, elem_id)
@@ -145,19 +215,27 @@ def changed(driver, elem_id: str, before: list[tuple[str, str]], count: int):
 # ---------------------------------------------------------------- the visit
 
 
+@pytest.mark.parametrize("driver", [DESKTOP, PHONE], indirect=True, ids=["desktop", "phone"])
 def test_a_visitor_explores_the_space(browser_setup, driver):
     from selenium.webdriver.common.by import By
 
-    url, space = browser_setup
+    url, space, _ = browser_setup
+    width = driver.execute_script("return window.innerWidth")
     examples = [p.name for p in EXAMPLES]
     dog = EXAMPLES[examples.index("0012_dog.png")]
     dog_path = uploaded(space, dog)
     driver.get(url)
 
-    # On load: the Grad-CAM gallery explains the first five examples.
+    # On load: the model by its Hub id, linked to its card, with the card's accuracy; no server path anywhere.
+    link = wait_for(driver, lambda d: d.find_elements(By.LINK_TEXT, "someone/resnet9"), "the model's Hub link")[0]
+    assert link.get_attribute("href") == "https://huggingface.co/someone/resnet9"
+    assert "88.85 % test accuracy" in driver.find_element(By.TAG_NAME, "body").text
+    assert "/tmp" not in driver.find_element(By.TAG_NAME, "body").text
+    # The Grad-CAM gallery explains the first five examples.
     first = wait_for(driver, lambda d: len(gallery(d, "gradcam-gallery")) == 5 and gallery(d, "gradcam-gallery"),
                      "the Grad-CAM gallery of the examples")
     assert [caption for _, caption in first] == [c for _, c in space.gradcam(None, 5, "layer3", 0.5)]
+    assert columns(driver, "gradcam-gallery") == (5 if width == DESKTOP else 2)
 
     # Click the dog example: the label shows the top 3 classes, as the model ranks them.
     thumbnails = driver.find_elements(By.CSS_SELECTOR, "#examples button.gallery-item")
@@ -174,7 +252,7 @@ def test_a_visitor_explores_the_space(browser_setup, driver):
                    "the Grad-CAM gallery with the clicked example first")
     assert [c for _, c in cam] == [c for _, c in space.gradcam(dog_path, 5, "layer3", 0.5)]
     assert not any(c.startswith("example dog") for _, c in cam)
-    assert np.abs(fetch_rgb(cam[0][0]).astype(int) - space.gradcam(dog_path, 1, "layer3", 0.5)[0][0]).max() <= 2
+    assert_close_pixels(fetch_rgb(cam[0][0]), space.gradcam(dog_path, 1, "layer3", 0.5)[0][0])
 
     # "Why not ...?": the predicted class beside the runner-up by default, then beside a class the visitor picks.
     compare = wait_for(driver, lambda d: len(gallery(d, "compare-gallery")) == 2 and gallery(d, "compare-gallery"),
@@ -188,8 +266,7 @@ def test_a_visitor_explores_the_space(browser_setup, driver):
     # Another layer: new overlays, the ones the library computes for that layer.
     choose(driver, "layer", "layer1: textures and small parts (16x16)")
     cam_l1 = wait_for(driver, lambda d: changed(d, "gradcam-gallery", cam, 5), "overlays at layer1")
-    want = space.gradcam(dog_path, 1, "layer1", 0.5)[0][0]
-    assert np.abs(fetch_rgb(cam_l1[0][0]).astype(int) - want).max() <= 2
+    assert_close_pixels(fetch_rgb(cam_l1[0][0]), space.gradcam(dog_path, 1, "layer1", 0.5)[0][0])
 
     # More classes in the label.
     set_slider(driver, "top-k", 5)
@@ -209,5 +286,47 @@ def test_a_visitor_explores_the_space(browser_setup, driver):
     set_slider(driver, "opacity", 0)
     cam_0 = wait_for(driver, lambda d: changed(d, "gradcam-gallery", cam_l1, 5), "overlays at opacity 0")
     plain_dog = space.gradcam(dog_path, 1, "layer1", 0.0)[0][0]
-    assert np.array_equal(fetch_rgb(cam_0[0][0]), plain_dog)
+    assert_close_pixels(fetch_rgb(cam_0[0][0]), plain_dog)
     wait_for(driver, lambda d: gallery(d, "misclassified-gallery") == mis, "plain mistakes again at opacity 0")
+
+    # Everything readable at this width: nothing sticks out sideways, no caption or label is cut.
+    assert driver.execute_script("return document.documentElement.scrollWidth") <= width
+    assert overflowing(driver) == []
+    assert cut_texts(driver) == []
+    assert columns(driver, "misclassified-gallery") == (5 if width == DESKTOP else 2)
+
+
+def test_a_bad_upload_is_reported_once_and_cleared(browser_setup, driver, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    url, _, _ = browser_setup
+    driver.get(url)
+    wait_for(driver, lambda d: len(gallery(d, "gradcam-gallery")) == 5, "the page to load")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(EXAMPLES[0].read_bytes()[:300])  # a truncated PNG: gradio takes it, the model cannot
+    driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(broken))
+    toasts = wait_for(driver, lambda d: d.execute_script(
+        "return Array.from(document.querySelectorAll('.toast-body')).map(t => t.innerText)"), "a warning toast")
+    time.sleep(2)
+    toasts = driver.execute_script("return Array.from(document.querySelectorAll('.toast-body')).map(t => t.innerText)")
+    assert len(toasts) == 1 and "could not be decoded" in toasts[0], toasts
+    wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, "#upload img"), "the broken image cleared")
+    assert not driver.find_elements(By.CSS_SELECTOR, "#prediction .error, #prediction [data-testid=error]")
+    assert label_rows(driver) == []
+
+
+def test_typing_a_number_sends_one_request(browser_setup, driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    url, _, log = browser_setup
+    driver.get(url)
+    wait_for(driver, lambda d: len(gallery(d, "gradcam-gallery")) == 5, "the page to load")
+    time.sleep(1)
+    before = log.read_text().count("server time /gradcam images=10")
+    box = driver.find_element(By.CSS_SELECTOR, "#gradcam-count input[type=number]")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("10", Keys.ENTER)
+    wait_for(driver, lambda d: len(gallery(d, "gradcam-gallery")) == 10, "ten Grad-CAM images")
+    time.sleep(3)  # a second, identical request would have arrived by now
+    assert log.read_text().count("server time /gradcam images=10") - before == 1

@@ -1,0 +1,129 @@
+"""The four things a visitor of a release can ask for (top-k classes, Grad-CAM galleries, "why not ...?", the
+misclassified set), each checking its own arguments and answering images with captions; no web framework.
+
+The Space (space/app.py) lays these out on a page and publishes them as its API; a notebook or another server can
+use them as they are.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import captions, release
+from .gradcam import check_layer, check_opacity, overlay
+from .model import short, whole_number
+from .preprocess import load_image, resize_rgb
+from .serving import Explainer, UploadFolder
+
+RUNNER_UP = "runner-up"  # compare's class_name for "the second most likely class, whichever it is"
+Gallery = list[tuple[np.ndarray, str]]
+
+
+class Service:
+    """A release served: its explainer, its example images and the four requests, each argument checked.
+
+    Images are given as upload payloads that `uploads` checks (a path gradio received, or its FileData dict);
+    gallery images are RGB arrays of `display_size` pixels a side, overlaid with Grad-CAM when asked.
+    """
+
+    def __init__(self, loaded: release.Release, uploads: UploadFolder, examples: Sequence[Path], *,
+                 display_size: int = 160, max_gradcam_images: int = 10, max_misclassified_shown: int = 100,
+                 workers: int = 2) -> None:
+        self.release, self.uploads, self.model = loaded, uploads, loaded.model
+        self.display_size, self.max_gradcam_images = display_size, max_gradcam_images
+        self.explainer = Explainer(loaded.model, workers=workers)
+        self.example_paths = list(examples)
+        self.examples = [load_image(p) for p in self.example_paths]
+        mis = loaded.misclassified
+        self.num_misclassified = 0 if mis is None else min(len(mis), max_misclassified_shown)
+
+    def _image(self, payload: Any) -> np.ndarray:
+        if payload is None:
+            raise ValueError("no image given; upload an image (PNG, JPEG, WebP, GIF, BMP, TIFF) or pick an example")
+        return self.explainer.load_image(self.uploads.check(payload))
+
+    def _shown(self, image: np.ndarray, heat: Any = None, opacity: float = 0.0) -> np.ndarray:
+        shown = resize_rgb(image, self.display_size)
+        return shown if heat is None else overlay(shown, heat.numpy(), opacity)
+
+    def _caption(self, index: int, probability: Any) -> str:
+        return captions.class_probability(self.model.class_names[index], probability)
+
+    def classify(self, image: Any, top_k: Any) -> dict[str, float]:
+        """Top-k classes of an uploaded image: {class name: probability}, most likely first."""
+        top_k = self.model.check_top_k(top_k)
+        probs = self.explainer.probabilities([self._image(image)])[0]
+        values, indices = probs.topk(top_k)
+        return {self.model.class_names[i]: float(p) for p, i in zip(values.tolist(), indices.tolist())}
+
+    def gradcam(self, image_or_none: Any, count: Any, layer: Any, opacity: Any) -> Gallery:
+        """`count` Grad-CAM overlays for the predicted class: the upload first (if any), then other examples."""
+        count = whole_number(count, "count", 1, self.max_gradcam_images)
+        layer, opacity = check_layer(layer), check_opacity(opacity)
+        images, sources = [], []
+        if image_or_none is not None:
+            images, sources = [self._image(image_or_none)], ["your image"]
+        for path, example in zip(self.example_paths, self.examples):
+            if len(images) < count and not any(np.array_equal(example, shown) for shown in images):
+                images.append(example)  # an example the visitor picked is shown once, as theirs
+                sources.append(f"example {path.stem.split('_', 1)[-1]}")
+        maps, probs = self.explainer.explain(images, layer)
+        return [(self._shown(img, heat, opacity), f"{src}: {self._caption(int(p.argmax()), p.max())}")
+                for img, heat, p, src in zip(images, maps, probs, sources)]
+
+    def compare(self, image: Any, class_name: Any, layer: Any, opacity: Any) -> Gallery:
+        """Grad-CAM of the predicted class beside that of a class the visitor picks ("why not dog?")."""
+        names = self.model.class_names
+        if not isinstance(class_name, str) or class_name not in (*names, RUNNER_UP):
+            raise ValueError(f"unknown class {short(class_name)}; allowed are {', '.join(names)} or {RUNNER_UP!r}")
+        layer, opacity = check_layer(layer), check_opacity(opacity)
+        rgb = self._image(image)
+        probs = self.explainer.probabilities([rgb])[0]
+        predicted, runner_up = probs.topk(2).indices.tolist()
+        chosen = runner_up if class_name == RUNNER_UP else names.index(class_name)
+        maps, _ = self.explainer.explain([rgb, rgb], layer, targets=[predicted, chosen])  # one batched pass
+        return [(self._shown(rgb, maps[0], opacity), f"predicted: {self._caption(predicted, probs[predicted])}"),
+                (self._shown(rgb, maps[1], opacity), f"why not {names[chosen]}? {self._caption(chosen, probs[chosen])}")]
+
+    def misclassified(self, count: Any, show_gradcam: Any, layer: Any, opacity: Any) -> Gallery:
+        """The release's most confident test mistakes, captioned 'predicted (p) / true', optionally with Grad-CAM."""
+        if self.num_misclassified == 0:
+            raise ValueError(f"this release carries no misclassified images ({release.MISCLASSIFIED_NAME})")
+        count = whole_number(count, "count", 1, self.num_misclassified)
+        if not isinstance(show_gradcam, bool):
+            raise ValueError(f"show_gradcam must be true or false, got {short(show_gradcam)}")
+        layer, opacity = check_layer(layer), check_opacity(opacity)
+        mis = self.release.misclassified
+        images = list(mis.images[:count])
+        # Explain the (wrong) class the model chose: what made it think so.
+        maps = (self.explainer.explain(images, layer, targets=mis.predicted_labels[:count].tolist())[0]
+                if show_gradcam else [None] * count)
+        return [(self._shown(img, heat, opacity), caption)
+                for img, heat, caption in zip(images, maps, mis.captions(self.model.class_names))]
+
+
+class LastRequests:
+    """The last inputs of each event per visitor session, to skip a request whose inputs have not changed since
+    the last: a page's number box fires its change event on each keystroke and again on leaving it."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.last: OrderedDict[tuple[str, str], tuple] = OrderedDict()
+        self.size, self.lock = size, threading.Lock()
+
+    def repeated(self, session: str, event: str, *inputs: Any) -> bool:
+        """Whether `inputs` are this session's last inputs of `event`; remembers them either way (the `size`
+        most recent sessions and events)."""
+        key = (session, event)
+        with self.lock:
+            same = key in self.last and self.last[key] == inputs
+            self.last[key] = inputs
+            self.last.move_to_end(key)
+            while len(self.last) > self.size:
+                self.last.popitem(last=False)
+        return same

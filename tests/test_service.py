@@ -1,0 +1,88 @@
+"""resnet_cifar.service on its own: the Space's four requests without gradio, and the repeated-request memory."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import EXAMPLES, ROOT, make_release
+from PIL import Image
+
+from resnet_cifar import release
+from resnet_cifar.preprocess import load_image
+from resnet_cifar.service import RUNNER_UP, LastRequests, Service
+from resnet_cifar.serving import FILE_META, UploadFolder
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    folder = make_release(tmp_path_factory.mktemp("release"))
+    uploads = UploadFolder(tmp_path_factory.mktemp("uploads"))
+    yield Service(release.read(folder), uploads, EXAMPLES[:3], display_size=64, max_gradcam_images=4,
+                  max_misclassified_shown=5, workers=1)
+    uploads.close()
+
+
+def upload(service: Service, path: Path) -> dict:
+    target = service.uploads.path / uuid.uuid4().hex / path.name
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(path, target)
+    return {"path": str(target), "meta": FILE_META}
+
+
+def test_the_service_imports_no_web_framework():
+    code = "import sys, resnet_cifar.service; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
+           "('gradio', 'fastapi', 'starlette')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_gradcam_takes_its_settings_and_shows_a_picked_example_once(service):
+    picked = upload(service, EXAMPLES[1])
+    gallery = service.gradcam(picked, 4, "layer3", 0.5)
+    sources = [caption.split(":")[0] for _, caption in gallery]
+    third = EXAMPLES[2].stem.split("_", 1)[1]
+    assert sources == ["your image", f"example {EXAMPLES[0].stem.split('_', 1)[1]}", f"example {third}"]
+    assert all(image.shape == (64, 64, 3) and image.dtype == np.uint8 for image, _ in gallery)
+    with pytest.raises(ValueError, match="count must be a whole number from 1 to 4"):
+        service.gradcam(None, 5, "layer3", 0.5)
+
+
+def test_classify_and_compare_agree_on_the_prediction(service):
+    picked = upload(service, EXAMPLES[0])
+    top = service.classify(picked, 2)
+    first, second = list(top)
+    (_, predicted), (_, why_not) = service.compare(picked, RUNNER_UP, "layer2", 0.3)
+    assert predicted.startswith(f"predicted: {first} (") and why_not.startswith(f"why not {second}? {second} (")
+    with pytest.raises(ValueError, match=r"unknown class 'zebra'; allowed are airplane, .* or 'runner-up'"):
+        service.compare(picked, "zebra", "layer2", 0.3)
+
+
+def test_misclassified_is_capped_by_the_setting(service):
+    assert service.num_misclassified == 5
+    plain = service.misclassified(5, False, "layer3", 0.0)
+    mis = service.release.misclassified
+    expected = np.asarray(Image.fromarray(mis.images[0]).resize((64, 64), Image.BICUBIC))
+    assert np.abs(plain[0][0].astype(int) - expected.astype(int)).max() <= 1
+    with pytest.raises(ValueError, match="count must be a whole number from 1 to 5"):
+        service.misclassified(6, False, "layer3", 0.0)
+
+
+def test_examples_are_decoded_with_the_library_limits(service):
+    assert [e.shape for e in service.examples] == [load_image(p).shape for p in EXAMPLES[:3]]
+
+
+def test_last_requests_skips_only_an_unchanged_repeat_of_the_same_session_and_event():
+    last = LastRequests(size=2)
+    assert not last.repeated("a", "gradcam", "cat.png", 5)
+    assert last.repeated("a", "gradcam", "cat.png", 5)
+    assert not last.repeated("a", "gradcam", "cat.png", 6), "other inputs"
+    assert not last.repeated("b", "gradcam", "cat.png", 6), "another visitor"
+    assert not last.repeated("a", "compare", "cat.png", 6), "another event"
+    assert not last.repeated("a", "gradcam", "cat.png", 6), "forgotten: only the 2 most recent keys are kept"
+    assert len(last.last) == 2
