@@ -56,8 +56,11 @@ def test_build_writes_a_self_contained_space(tmp_path):
 
 def test_nothing_in_the_project_points_at_a_repository_that_does_not_exist():
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert "tests/test_space_deploy.py" in tracked and "space/app.py" in tracked
     for name in tracked:
         path = ROOT / name
+        if path == Path(__file__).resolve():
+            continue  # this file names them, to look for them
         if path.suffix in (".py", ".md", ".txt", ".cfg", ".toml", ".yaml", ".json") and path.is_file():
             text = path.read_text(errors="replace")
             for made_up in ("github.com/resnet-cifar", "resnet-cifar/resnet9-cifar10", "git+https://github.com"):
