@@ -1,0 +1,306 @@
+"""The path from this machine to the lent GPU machine and back: stage the real CIFAR-10 over several calls, train
+there with resnet-cifar-train itself, and bring the release back in pieces the device tool accepts.
+
+The device tool sends the checkout (at most 64 MiB a call, carried folders included) and returns at most 8 files
+of 16 MiB from $OUT; the GPU machine has torch, lightning, torchmetrics, huggingface_hub, safetensors,
+matplotlib, pyarrow and opencv, but not datasets, albumentations or captum. So:
+
+    here    python benchmarks/gpu/stage.py plan --data ../shared/data/cifar10        # the calls, and whether they fit
+    here    python benchmarks/gpu/stage.py wheels                                    # once: .whl/ (pinned, cp312)
+    here    python benchmarks/gpu/stage.py prepare 1 --data ../shared/data/cifar10   # .stage/ holds call 1's shards
+    device  python3 benchmarks/gpu/stage.py receive                  (run, carry [".stage"])
+    ...     prepare 2 / receive; the last call carries .stage and .whl and trains:
+    device  python3 benchmarks/gpu/stage.py receive && python3 benchmarks/gpu/stage.py train --seeds 0 1 2
+    here    python benchmarks/gpu/stage.py unpack <files_at> space/model
+
+Moving the bundled release (space/model, 26 MB) out of the checkout while staging is the caller's job; `prepare`
+refuses a call that would not fit and says what is too large. Every shard carries its SHA-256 in the stage's
+manifest and `receive` checks it; `unpack` checks every piece and the release it rebuilds. Tested on the CPU
+with the CIFAR-10 sample of tests/data (tests/test_gpu_staging.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGE = ROOT / ".stage"
+WHEELS = ROOT / ".whl"
+WHEEL_LIST = Path(__file__).with_name("wheels.txt")
+DEVICE_DATA = Path("/tmp/cifar10")
+DEVICE_RUNS = Path("/tmp/gpu-runs")
+CALL_LIMIT = 64 * 2**20  # what one call of the device tool carries: the checkout and the carried folders
+MARGIN = 2 * 2**20  # for files written between planning and the call (logs, caches git does not ignore)
+PIECE = 15 * 2**20  # under the 16 MiB a file from $OUT may have
+RECIPE = ROOT / "recipes" / "dawnbench-24.yaml"
+
+
+class StageError(RuntimeError):
+    """A step that cannot go on; the message says what to do."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkout_bytes(root: Path = ROOT) -> int:
+    """What the device tool sends besides carried folders: tracked files present, and untracked ones not ignored."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                            capture_output=True, check=True).stdout.split(b"\0")
+    return sum((root / name.decode()).stat().st_size for name in listed if name and (root / name.decode()).is_file())
+
+
+def wheels_bytes(folder: Path = WHEELS) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.whl")) if folder.is_dir() else 0
+
+
+def dataset_files(data: Path) -> list[Path]:
+    """The dataset folder's card and shards (relative), the card first: it rides along with the first call."""
+    files = sorted((p.relative_to(data) for p in data.rglob("*") if p.is_file()
+                    and (p.suffix == ".parquet" or p.relative_to(data) == Path("README.md"))),
+                   key=lambda p: ((data / p).suffix == ".parquet", str(p)))
+    if not any(p.suffix == ".parquet" for p in files):
+        raise StageError(f"{data} holds no parquet shards; give the dataset folder (plain_text/*.parquet inside)")
+    return files
+
+
+def plan(data: Path, checkout: int, wheels: int) -> list[list[Path]]:
+    """Calls of files, each under the limit with the checkout; the test split and the wheels go last."""
+    budget = CALL_LIMIT - MARGIN - checkout
+    files = dataset_files(data)
+    last = [p for p in files if p.name.startswith("test")]
+    calls: list[list[Path]] = [[]]
+    for path in [p for p in files if p not in last]:
+        size = (data / path).stat().st_size
+        if size > budget:
+            raise StageError(f"{data / path} ({size / 2**20:.1f} MiB) does not fit in one call beside the "
+                             f"checkout ({checkout / 2**20:.1f} MiB); move large files (space/model) out of it")
+        if sum((data / p).stat().st_size for p in calls[-1]) + size > budget:
+            calls.append([])
+        calls[-1].append(path)
+    final = sum((data / p).stat().st_size for p in last) + wheels
+    if final > budget:
+        raise StageError(f"the last call ({final / 2**20:.1f} MiB of test split and wheels) does not fit beside the "
+                         f"checkout ({checkout / 2**20:.1f} MiB)")
+    if calls[-1] and sum((data / p).stat().st_size for p in calls[-1]) + final <= budget:
+        calls[-1] += last
+    else:
+        calls.append(last)
+    return calls
+
+
+def describe(calls: list[list[Path]], data: Path, checkout: int, wheels: int) -> str:
+    lines = [f"checkout {checkout / 2**20:.1f} MiB, wheels {wheels / 2**20:.1f} MiB, limit {CALL_LIMIT / 2**20:.0f} MiB"]
+    for number, files in enumerate(calls, 1):
+        size = sum((data / p).stat().st_size for p in files) + checkout + (wheels if number == len(calls) else 0)
+        carry = '[".stage", ".whl"]' if number == len(calls) else '[".stage"]'
+        lines.append(f"call {number}: {size / 2**20:.1f} MiB, carry {carry}: " + ", ".join(map(str, files)))
+    if checkout > 8 * 2**20:
+        lines.append("the checkout is large: move space/model out of it while staging, for fewer calls")
+    return "\n".join(lines)
+
+
+def prepare(number: int, data: Path, stage: Path = STAGE, root: Path = ROOT, wheels_dir: Path = WHEELS) -> list[Path]:
+    """Fill `stage` with call `number`'s files and a manifest of their checksums; returns the files."""
+    checkout, wheels = checkout_bytes(root), wheels_bytes(wheels_dir)
+    calls = plan(data, checkout, wheels)
+    if not 1 <= number <= len(calls):
+        raise StageError(f"call must be from 1 to {len(calls)}, got {number}")
+    if number == len(calls) and wheels == 0:
+        raise StageError(f"the last call carries the wheels, and {wheels_dir} has none: run `stage.py wheels` first")
+    shutil.rmtree(stage, ignore_errors=True)
+    for path in calls[number - 1]:
+        (stage / "data" / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data / path, stage / "data" / path)
+    manifest = {"call": number, "calls": len(calls), "files": {str(p): sha256(data / p) for p in calls[number - 1]}}
+    (stage / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return calls[number - 1]
+
+
+def receive(stage: Path = STAGE, data: Path = DEVICE_DATA) -> dict[str, str]:
+    """On the device: move the staged files into `data`, each checked against the manifest; what `data` holds."""
+    manifest = json.loads((stage / "manifest.json").read_text())
+    for name, digest in manifest["files"].items():
+        source, target = stage / "data" / name, data / name
+        if sha256(source) != digest:
+            raise StageError(f"{name} arrived damaged (SHA-256 differs): stage this call again")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    held = {str(p.relative_to(data)): f"{p.stat().st_size / 2**20:.1f} MiB" for p in sorted(data.rglob("*")) if p.is_file()}
+    print(f"call {manifest['call']} of {manifest['calls']} received; {data} holds {json.dumps(held)}", flush=True)
+    return held
+
+
+def install_wheels(wheels: Path, target: Path = Path("/tmp/site")) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                    "--no-cache-dir", "--upgrade", "--target", str(target), *map(str, sorted(wheels.glob("*.whl")))],
+                   check=True)
+
+
+def train(seeds: list[int], data: Path, runs: Path, out: Path, extra: list[str], wheels: Path | None) -> dict:
+    """resnet-cifar-train on the recipe once per seed; the median seed's release packed into `out` with a summary.
+
+    A seed an earlier call already trained with the same flags is not trained again, so the seeds can be spread
+    over calls of at most 10 minutes (the machine keeps /tmp while it stays warm).
+    """
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if wheels is not None:
+        install_wheels(wheels)
+        env["PYTHONPATH"] = os.pathsep.join(["/tmp/site", str(ROOT), env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    else:
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    results = []
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        run_dir = runs / f"seed{seed}"
+        done_file = run_dir / "stage-run.json"
+        earlier = json.loads(done_file.read_text()) if done_file.is_file() else {}
+        if (earlier.get("extra_args"), earlier.get("dataset")) == (extra, str(data)):
+            results.append({**earlier, "reused": True})  # trained by an earlier call
+            print(f"seed {seed}: trained by an earlier call, {results[-1]['test_accuracy'] * 100:.2f} %", flush=True)
+            continue
+        shutil.rmtree(run_dir, ignore_errors=True)
+        command = [sys.executable, "-m", "training.cli", "--config", str(RECIPE), "--dataset", str(data),
+                   "--output-dir", str(run_dir), "--seed", str(seed), *extra]
+        print("$", " ".join(command), flush=True)
+        start = time.perf_counter()
+        with (out / f"train-seed{seed}.log").open("w") as log:
+            finished = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wall = time.perf_counter() - start
+        if finished.returncode != 0:
+            raise StageError(f"seed {seed} failed (exit {finished.returncode}); its log is train-seed{seed}.log")
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        with (run_dir / "logs" / "metrics.csv").open(newline="") as f:
+            epochs = [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f) if row.get("train_loss")]
+        result = {"seed": seed, "wall_seconds": wall, "extra_args": extra, "dataset": str(data), **metrics, "epochs_logged": epochs}
+        done_file.write_text(json.dumps(result))
+        results.append({**result, "reused": False})
+        print(f"seed {seed}: {metrics['test_accuracy'] * 100:.2f} % ({metrics['test_accuracy_tta'] * 100:.2f} % "
+              f"with flip TTA), fit {metrics['fit_seconds']:.1f} s, wall {wall:.1f} s", flush=True)
+    accuracies = [r["test_accuracy"] for r in results]
+    median = sorted(results, key=lambda r: r["test_accuracy"])[(len(results) - 1) // 2]
+    summary = {"seeds": results, "median_seed": median["seed"], "mean_accuracy": statistics.fmean(accuracies),
+               "spread": max(accuracies) - min(accuracies), "extra_args": extra}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    pack(runs / f"seed{median['seed']}" / "release", out)
+    return summary
+
+
+def pack(release_dir: Path, out: Path) -> list[Path]:
+    """The release as an uncompressed tar cut into pieces under 16 MiB, with their checksums."""
+    archive = out / "release.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(release_dir, arcname="release")
+    pieces, digest = [], sha256(archive)
+    with archive.open("rb") as f:
+        for index, block in enumerate(iter(lambda: f.read(PIECE), b"")):
+            piece = out / f"release.tar.{index:02d}"
+            piece.write_bytes(block)
+            pieces.append(piece)
+    archive.unlink()
+    (out / "release.json").write_text(json.dumps({"sha256": digest, "pieces": [p.name for p in pieces]}))
+    return pieces
+
+
+def unpack(pieces_dir: Path, dest: Path) -> Path:
+    """Here: join the pieces, check the whole, extract the release into `dest` (which must not exist) and load it."""
+    info = json.loads((pieces_dir / "release.json").read_text())
+    if dest.exists() and any(dest.iterdir()):
+        raise StageError(f"{dest} is not empty; move the release there out of the way first")
+    joined = dest.parent / f".{dest.name}.tar"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with joined.open("wb") as f:
+        for name in info["pieces"]:
+            f.write((pieces_dir / name).read_bytes())
+    try:
+        if sha256(joined) != info["sha256"]:
+            raise StageError("the joined pieces differ from what was packed (SHA-256): fetch the files again")
+        staging = dest.parent / f".{dest.name}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        with tarfile.open(joined) as tar:
+            tar.extractall(staging, filter="data")
+        if dest.exists():
+            dest.rmdir()
+        os.replace(staging / "release", dest)
+        shutil.rmtree(staging)
+    finally:
+        joined.unlink(missing_ok=True)
+    from resnet_cifar import release
+
+    loaded = release.read(dest)  # the same checks as from_pretrained: config, weights, card, misclassified set
+    print(f"release unpacked into {dest}: test accuracy {loaded.test_accuracy}", flush=True)
+    return dest
+
+
+def download_wheels(dest: Path = WHEELS) -> None:
+    """The packages the device lacks, pinned to what this checkout is tested with, for its Python 3.12."""
+    names = [line.split("#")[0].strip() for line in WHEEL_LIST.read_text().splitlines()]
+    platforms = [a for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+                 for a in ("--platform", p)]
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                    "--python-version", "3.12", "--implementation", "cp", *platforms, "-d", str(dest),
+                    *[n for n in names if n]], check=True)
+    print(f"{dest}: {wheels_bytes(dest) / 2**20:.1f} MiB of wheels", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="step", required=True)
+    p = sub.add_parser("plan", help="print the calls and their sizes")
+    p.add_argument("--data", type=Path, required=True)
+    sub.add_parser("wheels", help="download the wheels the device lacks into .whl/")
+    p = sub.add_parser("prepare", help="fill .stage/ with one call's files")
+    p.add_argument("call", type=int)
+    p.add_argument("--data", type=Path, required=True)
+    p = sub.add_parser("receive", help="(device) move .stage/'s files into the dataset folder")
+    p.add_argument("--to", type=Path, default=DEVICE_DATA)
+    p = sub.add_parser("train", help="(device) train each seed, pack the median seed's release into $OUT")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--data", type=Path, default=DEVICE_DATA)
+    p.add_argument("--runs", type=Path, default=DEVICE_RUNS)
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-out")))
+    p.add_argument("--wheels", type=Path, default=None, help="install these wheels first (the device: .whl)")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more resnet-cifar-train flags")
+    p = sub.add_parser("unpack", help="rebuild the release from the pieces the device returned")
+    p.add_argument("pieces", type=Path)
+    p.add_argument("dest", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.step == "plan":
+            checkout, wheels = checkout_bytes(), wheels_bytes()
+            print(describe(plan(args.data, checkout, wheels), args.data, checkout, wheels))
+        elif args.step == "wheels":
+            download_wheels()
+        elif args.step == "prepare":
+            files = prepare(args.call, args.data)
+            print(f".stage/ holds call {args.call}: {', '.join(map(str, files))}")
+        elif args.step == "receive":
+            receive(data=args.to)
+        elif args.step == "train":
+            extra = [a for a in args.extra if a != "--"]
+            train(args.seeds, args.data, args.runs, args.out, extra, args.wheels)
+        else:
+            unpack(args.pieces, args.dest)
+    except (StageError, OSError, ValueError) as err:
+        print(f"stage.py {args.step}: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
