@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import pickle
 import resource
@@ -407,6 +408,18 @@ def test_ema_weights_are_what_gets_released(tmp_path):
     assert plain.keys() == ema.keys()
     assert any(not torch.equal(plain[k], ema[k]) for k in plain if k.endswith("weight"))
     assert "| optim.ema_decay | 0.5 |" in (tmp_path / "ema" / "release" / "README.md").read_text()
+
+
+def test_augmentation_on_the_device_trains_and_says_so(tmp_path):
+    out = tmp_path / "on-device"
+    code, console = run_cli(SMOKE + ["--max-lr", "0.05", "--epochs", "2", "--limit-train-batches", "4",
+                                     "--augment-on-device", "--output-dir", str(out)])
+    assert code == 0, console[-2000:]
+    assert "BatchNorm statistics recomputed over" in console, "recalibrated through the same on-device batches"
+    card = (out / "release" / "README.md").read_text()
+    assert "(batched on the training device)" in card and "| augment.augment_on_device | True |" in card
+    losses = [float(row["train_loss"]) for row in _train_rows(out)]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
 
 
 # ---------------------------------------------------------------- the LR finder, and the default path

@@ -261,7 +261,7 @@ def run(config: RunConfig) -> Path | None:
     fit_seconds = time.perf_counter() - start
     if config.model.recalibrate_bn:
         with torch.no_grad():
-            seen = recalibrate_batchnorm(lit.model, dm.train_dataloader())
+            seen = recalibrate_batchnorm(lit.model, dm.train_dataloader(), dm.finish_batch)
         print(f"BatchNorm statistics recomputed over {seen:,} training images", flush=True)
     trainer.test(lit, datamodule=dm)
     if not trainer.is_global_zero:

@@ -111,6 +111,8 @@ class AugmentConfig:
     cutout: int = setting(8, "side of the square cutout hole, filled with the dataset mean",
                           lambda v: _whole(v) and 0 <= v <= 32, "a whole number from 0 to 32")
     cutout_p: float = setting(0.5, "probability of the cutout hole", between(0, 1), "a number in [0, 1]")
+    augment_on_device: bool = setting(False, "augment whole batches with tensor ops on the training device (the GPU) "
+                                     "instead of per image in DataLoader workers; the same steps, pixel for pixel")
 
     def describe(self) -> str:
         """What the augmentation does, in words, for the card: only the steps that actually run."""
@@ -122,7 +124,8 @@ class AugmentConfig:
         if self.cutout and self.cutout_p:
             steps.append(f"one {self.cutout}x{self.cutout} cutout hole filled with the dataset mean "
                          f"(p = {self.cutout_p:g})")
-        return ("; ".join(steps) if steps else "none") + "; then normalization with the dataset mean and std"
+        where = " (batched on the training device)" if self.augment_on_device and steps else ""
+        return ("; ".join(steps) if steps else "none") + where + "; then normalization with the dataset mean and std"
 
 
 @dataclass

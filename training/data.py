@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from resnet_cifar.preprocess import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, INPUT_SIZE, normalize
 
+from . import batch_augment
 from .config import DEFAULT_DATASET, AugmentConfig, DataConfig
 
 
@@ -70,6 +71,15 @@ class NormalizeCollate:
         images = torch.empty((n, c, h, w), dtype=torch.float32)
         images.copy_(stacked.permute(0, 3, 1, 2))
         return images.mul_(self.scale).sub_(self.shift), labels, indices
+
+
+class UInt8Collate:
+    """Collate uint8 HxWx3 samples into one uint8 NxHxWx3 tensor, for augmentation on the training device."""
+
+    def __call__(self, samples: list[tuple[np.ndarray, int, int]]) -> Batch:
+        images = torch.from_numpy(np.stack([s[0] for s in samples]))
+        labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
+        return images, labels, torch.tensor([s[2] for s in samples], dtype=torch.long)
 
 
 class AugmentedImages(Dataset):
@@ -198,6 +208,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.batch_size = data.batch_size or DEFAULT_BATCH_SIZE  # settled by setup() when not given
         self.num_workers = default_num_workers() if data.num_workers is None else data.num_workers
         self.mean, self.std = tuple(mean), tuple(std)
+        self.fill = tuple(int(round(m * 255)) for m in self.mean)  # the cutout hole: the mean colour
         self.class_names: tuple[str, ...] = CIFAR10_CLASSES
         self.train_set: AugmentedImages | None = None
         self.val_set: AugmentedImages | None = None
@@ -252,26 +263,27 @@ class CIFAR10DataModule(L.LightningDataModule):
                                         f"{self.dataset} split {c.train_split!r}")
         test_x, test_y = decode_split(data[c.test_split], c.image_column, c.label_column, self.num_classes,
                                       f"{self.dataset} split {c.test_split!r}")
-        fill = tuple(int(round(m * 255)) for m in self.mean)
         if c.val_fraction > 0:
             order = np.random.default_rng(self.seed).permutation(len(train_y))
             n_val = max(1, int(round(len(train_y) * c.val_fraction)))
             val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
             self.val_set = AugmentedImages(train_x[val_idx], train_y[val_idx])
             train_x, train_y = train_x[train_idx], train_y[train_idx]
-        self.train_set = AugmentedImages(train_x, train_y, train_transforms(fill, self.augment))
+        transform = None if self.augment.augment_on_device else train_transforms(self.fill, self.augment)
+        self.train_set = AugmentedImages(train_x, train_y, transform)
         self.test_set = AugmentedImages(test_x, test_y)
         if c.batch_size is None:
             self.batch_size = default_batch_size(len(train_y))
 
     def _loader(self, dataset: AugmentedImages, shuffle: bool) -> DataLoader:
         workers = self.num_workers
+        raw = shuffle and self.augment.augment_on_device  # training batches leave the workers as uint8
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=workers,
-            collate_fn=NormalizeCollate(self.mean, self.std, exact=not shuffle),
+            collate_fn=UInt8Collate() if raw else NormalizeCollate(self.mean, self.std, exact=not shuffle),
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
             drop_last=False,
@@ -281,6 +293,20 @@ class CIFAR10DataModule(L.LightningDataModule):
         """Shuffled, augmented training batches."""
         assert self.train_set is not None, "call setup() first"
         return self._loader(self.train_set, shuffle=True)
+
+    def finish_batch(self, batch: Batch) -> Batch:
+        """A training batch of uint8 images (--augment-on-device) augmented and normalized where it is; any
+        other batch as it is."""
+        images, *rest = batch
+        if images.dtype != torch.uint8:
+            return batch
+        draws = batch_augment.draw(len(images), images.shape[1], self.augment, images.device)
+        images = batch_augment.augment(images, draws, self.augment, self.fill)
+        return (batch_augment.normalize(images, self.mean, self.std), *rest)
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """Lightning calls this with every batch once it is on the training device."""
+        return self.finish_batch(batch)
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches from the held-out part of train (none when val_fraction is 0)."""

@@ -150,12 +150,13 @@ class LitResNet(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def recalibrate_batchnorm(model: torch.nn.Module, loader: Any) -> int:
+def recalibrate_batchnorm(model: torch.nn.Module, loader: Any, finish: Any = None) -> int:
     """Recompute every BatchNorm's running mean and variance as plain averages over one pass of `loader`.
 
     Running averages mix the statistics of weights from all along training: after a short run (or an EMA of the
     weights) they do not describe the final weights, and the eval-mode model can collapse to one class.
-    Returns the number of images seen.
+    `finish` completes a batch once on the model's device (the DataModule's `finish_batch`: augmentation on the
+    device). Returns the number of images seen.
     """
     device = next(model.parameters()).device
     seen = 0
@@ -164,7 +165,8 @@ def recalibrate_batchnorm(model: torch.nn.Module, loader: Any) -> int:
         nonlocal seen
         for batch in loader:
             seen += len(batch[0])
-            yield batch[0].to(device)
+            batch = [t.to(device) for t in batch]
+            yield (finish(batch) if finish is not None else batch)[0]
 
     was_training = model.training
     torch.optim.swa_utils.update_bn(counted(), model, device=None)
