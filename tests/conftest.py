@@ -13,6 +13,7 @@ import socket  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
 import zlib  # noqa: E402
@@ -292,6 +293,26 @@ def good_uploads(folder: Path) -> dict[str, Path]:
         out[name] = folder / name
     assert Image.open(out["gray16.png"]).mode.startswith("I;16")
     return out
+
+
+def concurrently(work, n: int) -> list:
+    """`work(i)` for i in 0..n-1, each on a thread of its own, all at once; their results in order. Fails with
+    every thread's exception if any raised."""
+    results, errors = [None] * n, []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = work(i)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return results
 
 
 def assert_close_pixels(shown: np.ndarray, expected: np.ndarray) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, assert_close_pixels, rgba16_png
+from conftest import EXAMPLES, assert_close_pixels, concurrently, rgba16_png
 from PIL import Image
 
 from resnet_cifar import ResNet9, load_image
@@ -256,22 +256,12 @@ def test_explainer_matches_the_library_and_keeps_requests_apart(explainer):
     expected_probs = model.probabilities(model.preprocess(images))
     torch.testing.assert_close(explainer.probabilities(images), expected_probs, atol=1e-5, rtol=1e-4)
     expected = {layer: explain(model, model.preprocess(images), layer) for layer in ("prep", "layer3")}
-    results, errors = {}, []
 
-    def work(i: int) -> None:
-        try:
-            layer = ("prep", "layer3")[i % 2]
-            results[i] = (layer, explainer.explain(images, layer))
-        except Exception as err:  # noqa: BLE001 - reported below
-            errors.append(repr(err))
+    def work(i: int) -> tuple[str, tuple]:
+        layer = ("prep", "layer3")[i % 2]
+        return layer, explainer.explain(images, layer)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    for layer, (maps, probs) in results.values():
+    for layer, (maps, probs) in concurrently(work, 8):
         torch.testing.assert_close(maps, expected[layer], atol=1e-4, rtol=1e-3)
         torch.testing.assert_close(probs, expected_probs, atol=1e-5, rtol=1e-4)
 

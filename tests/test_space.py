@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
-    EXAMPLES, N_MISCLASSIFIED, OFFLINE_ENV, ROOT, SPACE, assert_close_pixels, bad_uploads, free_port, good_uploads,
-    make_release, rgba16_png, running_space, wait_until_up,
+    EXAMPLES, N_MISCLASSIFIED, OFFLINE_ENV, ROOT, SPACE, assert_close_pixels, bad_uploads, concurrently, free_port,
+    good_uploads, make_release, rgba16_png, running_space, wait_until_up,
 )
 from PIL import Image
 
@@ -454,23 +453,13 @@ def test_api_concurrent_requests_get_their_own_answers(server, space):
     """Grad-CAM hooks live on the model: concurrent requests must not mix their activations."""
     from gradio_client import Client
 
-    results, errors = {}, []
+    def work(i: int) -> list:
+        own = Client(server, **CLIENT_KWARGS)
+        for _ in range(2):
+            items = call(own, "/gradcam", None, 1 + i % 10, LAYERS[i % 4], 0.5)
+        return items
 
-    def work(i: int) -> None:
-        try:
-            own = Client(server, **CLIENT_KWARGS)
-            for _ in range(2):
-                results[i] = call(own, "/gradcam", None, 1 + i % 10, LAYERS[i % 4], 0.5)
-        except Exception as err:  # noqa: BLE001 - reported below
-            errors.append(repr(err))
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    for i, items in results.items():
+    for i, items in enumerate(concurrently(work, 6)):
         expected = space.gradcam(None, 1 + i % 10, LAYERS[i % 4], 0.5)
         assert [item["caption"] for item in items] == [caption for _, caption in expected]
         for item, (image, _) in zip(items, expected):

@@ -46,6 +46,14 @@ def train_transforms(fill_uint8: tuple[int, int, int], config: AugmentConfig = A
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # normalized images, labels, indices into the split
 
 
+def stack_samples(samples: list[tuple[np.ndarray, int, int]]) -> Batch:
+    """Collate (image, label, index) samples as they are: uint8 NxHxWx3, labels, indices. The training batches of
+    --augment-on-device, augmented and normalized once on the training device."""
+    images = torch.from_numpy(np.stack([s[0] for s in samples]))
+    labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
+    return images, labels, torch.tensor([s[2] for s in samples], dtype=torch.long)
+
+
 class NormalizeCollate:
     """Collate uint8 HxWx3 samples and normalize the whole batch at once (= Normalize + ToTensorV2 per image).
 
@@ -55,31 +63,13 @@ class NormalizeCollate:
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], exact: bool = False) -> None:
         self.mean, self.std, self.exact = mean, std, exact
-        self.scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
-        self.shift = torch.tensor([m / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
 
     def __call__(self, samples: list[tuple[np.ndarray, int, int]]) -> Batch:
         """Stack, convert to Nx3xHxW float and normalize: (x / 255 - mean) / std."""
-        labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
-        indices = torch.tensor([s[2] for s in samples], dtype=torch.long)
+        images, labels, indices = stack_samples(samples)
         if self.exact:
-            return normalize(np.stack([s[0] for s in samples]), self.mean, self.std), labels, indices
-        stacked = torch.from_numpy(np.stack([s[0] for s in samples]))
-        n, h, w, c = stacked.shape
-        # Convert straight into a contiguous NCHW buffer, then scale in place: the same arithmetic on the
-        # permuted (channels-last) view plus a final .contiguous() costs about 5x more (benchmarks/input_pipeline.py).
-        images = torch.empty((n, c, h, w), dtype=torch.float32)
-        images.copy_(stacked.permute(0, 3, 1, 2))
-        return images.mul_(self.scale).sub_(self.shift), labels, indices
-
-
-class UInt8Collate:
-    """Collate uint8 HxWx3 samples into one uint8 NxHxWx3 tensor, for augmentation on the training device."""
-
-    def __call__(self, samples: list[tuple[np.ndarray, int, int]]) -> Batch:
-        images = torch.from_numpy(np.stack([s[0] for s in samples]))
-        labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
-        return images, labels, torch.tensor([s[2] for s in samples], dtype=torch.long)
+            return normalize(images.numpy(), self.mean, self.std), labels, indices
+        return batch_augment.normalize(images, self.mean, self.std), labels, indices
 
 
 class AugmentedImages(Dataset):
@@ -283,7 +273,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=workers,
-            collate_fn=UInt8Collate() if raw else NormalizeCollate(self.mean, self.std, exact=not shuffle),
+            collate_fn=stack_samples if raw else NormalizeCollate(self.mean, self.std, exact=not shuffle),
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
             drop_last=False,

@@ -165,8 +165,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, loader: Any, finish: Any = Non
         nonlocal seen
         for batch in loader:
             seen += len(batch[0])
-            batch = [t.to(device) for t in batch]
-            yield (finish(batch) if finish is not None else batch)[0]
+            yield batch[0].to(device) if finish is None else finish([t.to(device) for t in batch])[0]
 
     was_training = model.training
     torch.optim.swa_utils.update_bn(counted(), model, device=None)

@@ -133,7 +133,7 @@ def prepare(number: int, data: Path, stage: Path = STAGE, root: Path = ROOT, whe
 
 
 def receive(stage: Path = STAGE, data: Path = DEVICE_DATA) -> dict[str, str]:
-    """On the device: move the staged files into `data`, each checked against the manifest; what `data` holds."""
+    """On the device: copy the staged files into `data`, each checked against the manifest; what `data` holds."""
     manifest = json.loads((stage / "manifest.json").read_text())
     for name, digest in manifest["files"].items():
         source, target = stage / "data" / name, data / name
@@ -158,12 +158,10 @@ def train(seeds: list[int], data: Path, runs: Path, out: Path, extra: list[str],
     A seed an earlier call already trained with the same flags is not trained again, so the seeds can be spread
     over calls of at most 10 minutes (the machine keeps /tmp while it stays warm).
     """
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     if wheels is not None:
         install_wheels(wheels)
-        env["PYTHONPATH"] = os.pathsep.join(["/tmp/site", str(ROOT), env.get("PYTHONPATH", "")]).strip(os.pathsep)
-    else:
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    paths = (["/tmp/site"] if wheels is not None else []) + [str(ROOT), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(paths).strip(os.pathsep))
     results = []
     out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
@@ -267,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("prepare", help="fill .stage/ with one call's files")
     p.add_argument("call", type=int)
     p.add_argument("--data", type=Path, required=True)
-    p = sub.add_parser("receive", help="(device) move .stage/'s files into the dataset folder")
+    p = sub.add_parser("receive", help="(device) copy .stage/'s files into the dataset folder")
     p.add_argument("--to", type=Path, default=DEVICE_DATA)
     p = sub.add_parser("train", help="(device) train each seed, pack the median seed's release into $OUT")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
