@@ -277,6 +277,19 @@ def test_a_refused_run_or_resume_changes_nothing_an_earlier_run_wrote(finished, 
     assert tree_digest(finished) == before
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default():
+    from training.checkpoints import CheckpointError, check_resumable
+    from training.config import RunConfig
+
+    config = RunConfig().to_dict()
+    older = {**config, "data": {k: v for k, v in config["data"].items() if k != "data_on_device"}}
+    checkpoint = {"hyper_parameters": {"config": older, "model_config": {"num_classes": 10}}}
+    check_resumable(checkpoint, "old.ckpt", config, {"num_classes": 10})  # ran without it: as the default does
+    config["data"]["data_on_device"] = True
+    with pytest.raises(CheckpointError, match=r"--data-on-device False -> True"):
+        check_resumable(checkpoint, "old.ckpt", config, {"num_classes": 10})
+
+
 def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(finished, tmp_path):
     class Payload:
         def __reduce__(self):

@@ -14,6 +14,10 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from resnet_cifar.model import short
 
+from .config import RunConfig
+
+DEFAULTS = RunConfig().to_dict()
+
 LAST = "last.ckpt"
 # What may differ between a run and its resumption: where it writes, where it pushes, how it loads data, how
 # much of the test split it measures. Everything else shapes the weights or the schedule and must match.
@@ -21,6 +25,7 @@ MAY_DIFFER = {
     ("output", "output_dir"), ("output", "resume"), ("output", "push_to_hub"), ("output", "private"),
     ("output", "misclassified"), ("data", "num_workers"), ("hardware", "limit_test_batches"),
     ("hardware", "accelerator"), ("hardware", "devices"), ("hardware", "strategy"), ("hardware", "num_nodes"),
+    ("hardware", "compile"), ("output", "checkpoint_every"),
 }
 
 
@@ -90,7 +95,8 @@ def check_resumable(checkpoint: dict[str, Any], path: str | os.PathLike, config:
                 differ.append(f"--{section.replace('_', '-')} {short(saved_config.get(section))} -> {short(values)}")
             continue
         for key, value in values.items():
-            before = (saved_config.get(section) or {}).get(key)
+            # A setting newer than the checkpoint ran with its default (the one that keeps the old behaviour).
+            before = (saved_config.get(section) or {}).get(key, DEFAULTS[section].get(key))
             if (section, key) in MAY_DIFFER or before == value:
                 continue
             if section == "optim" and key == "max_lr" and value is None:

@@ -21,7 +21,7 @@ from lightning.pytorch.tuner import Tuner
 from resnet_cifar import ResNet9, card, count_parameters, release
 from resnet_cifar.hub import PublishError, check_repo_id, check_write_access
 
-from . import checkpoints, report
+from . import checkpoints, report, speed
 from .config import ConfigError, RunConfig, build_parser, resolve
 from .data import CIFAR10DataModule
 from .module import LitResNet, recalibrate_batchnorm, schedule_of
@@ -45,6 +45,12 @@ class EpochProgressBar(TQDMProgressBar):
         self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
 
 
+def device_name(trainer: L.Trainer) -> str:
+    """The training device in words (its CUDA name on a GPU)."""
+    device = trainer.strategy.root_device
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def _devices(value: Any) -> int | str:
     return int(value) if str(value).isdigit() else str(value)
 
@@ -56,13 +62,16 @@ def make_trainer(config: RunConfig, resumed: dict[str, Any] | None = None) -> L.
     """
     out, hw = config.output.output_dir, config.hardware
     callbacks: list[L.Callback] = [
-        # Lightning writes last.ckpt only beside a top-k save: keep the latest epoch (no monitor). No version
-        # counter: a run has one last.ckpt, never a last-v1.ckpt that --resume last would not find.
-        ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=1, every_n_epochs=1,
-                        enable_version_counter=False),
         LearningRateMonitor(logging_interval="step", log_momentum=config.optim.cycle_momentum),
         EpochProgressBar(),
+        speed.EpochTimer(),
     ]
+    every = config.output.checkpoint_every
+    if every:
+        # Lightning writes last.ckpt only beside a top-k save: keep the latest epoch (no monitor). No version
+        # counter: a run has one last.ckpt, never a last-v1.ckpt that --resume last would not find.
+        callbacks.insert(0, ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=1,
+                                            every_n_epochs=every, enable_version_counter=False))
     if config.optim.ema_decay is not None:
         # Swaps the average into the model at the end of fit, so test and release use it.
         callbacks.append(EMAWeightAveraging(decay=config.optim.ema_decay))
@@ -79,6 +88,7 @@ def make_trainer(config: RunConfig, resumed: dict[str, Any] | None = None) -> L.
                                   keep_before_step=int(resumed["global_step"]) if resumed else None,
                                   epoch_row=resumed.get("epoch_log_row") if resumed else None),
         callbacks=callbacks,
+        enable_checkpointing=bool(every),
         plugins=[checkpoints.AtomicCheckpointIO()],
         limit_train_batches=hw.limit_train_batches,
         limit_test_batches=hw.limit_test_batches,
@@ -269,12 +279,18 @@ def run(config: RunConfig) -> Path | None:
     assert lit.evaluation is not None
     check_finite(lit, lit.evaluation.loss, lit.max_lr)
     rel = write_release(config, lit, dm, trainer, lr_data, fit_seconds)
+    timer = next(c for c in trainer.callbacks if isinstance(c, speed.EpochTimer))
     (out / METRICS_FILE).write_text(json.dumps({
         "test_accuracy": lit.evaluation.accuracy, "test_accuracy_tta": lit.evaluation.tta_accuracy,
         "test_loss": lit.evaluation.loss, "test_images": len(lit.evaluation.labels), "fit_seconds": fit_seconds,
         "optimizer_steps": trainer.global_step, "epochs": trainer.current_epoch, "max_lr": lit.max_lr,
-        "world_size": trainer.world_size,
+        "world_size": trainer.world_size, "device": device_name(trainer),
+        **speed.summary(timer.seconds, timer.images, speed.train_flops_per_image(model_config)),
     }, indent=2))
+    if timer.seconds:
+        pace = speed.summary(timer.seconds, timer.images, 0.0)
+        print(f"trained {len(timer.seconds)} epochs in {pace['train_seconds']:.1f} s "
+              f"({pace['images_per_second']:,.0f} images/s)", flush=True)
     print(f"release written to {rel} (test accuracy {lit.evaluation.accuracy * 100:.2f} % on "
           f"{len(lit.evaluation.labels):,} images)", flush=True)
     return rel

@@ -99,6 +99,9 @@ class DataConfig:
                                      "so that an epoch has 8 steps (at least 16 images)")
     num_workers: int | None = setting(None, "DataLoader workers", optional(whole_at_least(0)),
                                       "a whole number >= 0", card=False, default_text="cores - 1, at most 8")
+    data_on_device: bool = setting(False, "keep the training split on the training device as one uint8 tensor and "
+                                     "shuffle and cut the batches there: no DataLoader workers, no copies per step "
+                                     "(needs --augment-on-device; one device)")
 
 
 @dataclass
@@ -184,6 +187,9 @@ class HardwareConfig:
     limit_test_batches: float | None = setting(None, "test batches (the card then says how many images)",
                                                optional(_limit), "a whole number >= 1 or a fraction in (0, 1]",
                                                default_text="all")
+    compile: bool = setting(False, "torch.compile the training step's forward and backward (the first steps pay "
+                                   "for the compilation; evaluation and the release use the plain model)",
+                            card=False)
 
 
 @dataclass
@@ -193,6 +199,8 @@ class OutputConfig:
     output_dir: Path = setting(Path("runs/resnet9"), "folder for checkpoints, logs and the release", card=False)
     resume: str | None = setting(None, "a checkpoint path, or 'last' for OUTPUT_DIR/checkpoints/last.ckpt",
                                  card=False, default_text="a new run")
+    checkpoint_every: int = setting(1, "epochs between the resumable checkpoints (0: none, and a killed run "
+                                       "starts again)", whole_at_least(0), "a whole number >= 0", card=False)
     misclassified: int = setting(100, "mistakes kept in the release", whole_at_least(0), "a whole number >= 0")
     push_to_hub: str | None = setting(None, "OWNER/NAME of the Hub repo to push the release to", card=False,
                                       default_text="no push")
@@ -224,6 +232,9 @@ class RunConfig:
                 raise ConfigError(f"{flag(f.name)} must be {f.metadata['allowed']}, got {short(value)}")
         if self.optim.cycle_momentum and self.optim.optimizer != "sgd":
             raise ConfigError("--cycle-momentum needs --optimizer sgd (Adam has no momentum to cycle)")
+        if self.data.data_on_device and not self.augment.augment_on_device:
+            raise ConfigError("--data-on-device needs --augment-on-device: a training split kept on the device is "
+                              "augmented there, in whole batches (or drop --data-on-device to augment in workers)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@ evaluation of the test split that every number of a release comes from."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,26 @@ class Evaluation:
         return self.probabilities.argmax(1)
 
 
+class CompiledForward:
+    """torch.compile of a model, made on first use and kept out of the module tree: not in state_dict (the release
+    saves the plain weights under their own names); a deep copy (the EMA callback's) compiles its own on first use."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.compiled: Any = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is None:
+            self.compiled = torch.compile(self.model, dynamic=False)  # one graph per batch shape: two an epoch
+        return self.compiled(x)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CompiledForward:
+        return CompiledForward(copy.deepcopy(self.model, memo))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"model": self.model, "compiled": None}
+
+
 class LitResNet(L.LightningModule):
     """Trains a ResNet9 built from `model_config` (its init kwargs) as the run's `config` (RunConfig.to_dict()) says."""
 
@@ -48,6 +69,8 @@ class LitResNet(L.LightningModule):
         self.max_lr = self.config.optim.max_lr
         if self.config.model.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        # Only training steps run compiled: evaluation (fp32, contiguous, eval mode) would recompile for one pass.
+        self.__dict__["train_forward"] = CompiledForward(self.model) if self.config.hardware.compile else self.model
         n = self.model.num_classes
         self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
@@ -55,15 +78,16 @@ class LitResNet(L.LightningModule):
         self.evaluation: Evaluation | None = None
         self.total_steps: int | None = None  # of the One Cycle schedule, once configure_optimizers has run
 
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.config.model.channels_last else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the wrapped ResNet9."""
-        if self.config.model.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
+        return self.model(self._input(x))
 
     def _step(self, batch: tuple[torch.Tensor, ...], stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
         x, y = batch[0], batch[1]
-        logits = self(x)
+        logits = self.train_forward(self._input(x)) if stage == "train" else self(x)
         smoothing = self.config.optim.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         metric(logits.detach(), y)
