@@ -107,3 +107,27 @@ def test_seeds_train_over_two_calls_and_the_median_release_comes_back_whole(tmp_
     with pytest.raises(stage.StageError, match="differ from what was packed"):
         stage.unpack(out, tmp_path / "again")
     assert not (tmp_path / "again").exists() and not list(tmp_path.glob(".again*"))
+
+
+def test_the_plain_loop_runs_beside_a_timed_run_with_the_same_flags(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    extra = ["--accelerator", "cpu", "--precision", "32-true", "--devices", "1", "--epochs", "2",
+             "--batch-size", "50", "--limit-train-batches", "2", "--num-workers", "0", "--augment-on-device",
+             "--data-on-device", "--checkpoint-every", "0"]
+    summary = stage.train([0], SAMPLE, runs, out, extra, wheels=None, release=False)
+    assert not list(out.glob("release*")), "a run made only to be timed returns no release"
+    timed = summary["seeds"][0]
+    assert len(timed["epoch_seconds"]) == 2 and timed["images_per_second"] > 0 and timed["tflops"] > 0
+
+    result = stage.plain([0], SAMPLE, runs, out, extra, wheels=None)["plain"][0]
+    assert json.loads((out / "plain-runs-seed0.json").read_text()) == {
+        k: v for k, v in result.items() if not k.startswith("lightning_over_plain")}
+    assert result["lightning_over_plain"] == pytest.approx(timed["train_seconds"] / result["train_seconds"])
+    assert "lightning_over_plain_after_first" in result
+    # The same work: the recipe's epochs, batch for batch, to the same losses and test accuracy.
+    assert [e["train_loss"] for e in result["epochs_logged"]] == pytest.approx(
+        [e["train_loss"] for e in timed["epochs_logged"]], rel=1e-5)
+    assert result["test_accuracy"] == pytest.approx(timed["test_accuracy"], abs=1e-6)
+
+    with pytest.raises(stage.StageError, match="plain-runs-seed0.log"):
+        stage.plain([0], SAMPLE, runs, out, ["--max-lr", "none"], wheels=None)

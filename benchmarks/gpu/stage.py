@@ -152,7 +152,14 @@ def install_wheels(wheels: Path, target: Path = Path("/tmp/site")) -> None:
                    check=True)
 
 
-def train(seeds: list[int], data: Path, runs: Path, out: Path, extra: list[str], wheels: Path | None) -> dict:
+def _env(wheels: Path | None) -> dict[str, str]:
+    """The environment of a run on the device: the carried wheels' packages and this checkout importable."""
+    paths = (["/tmp/site"] if wheels is not None else []) + [str(ROOT), os.environ.get("PYTHONPATH", "")]
+    return dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(paths).strip(os.pathsep))
+
+
+def train(seeds: list[int], data: Path, runs: Path, out: Path, extra: list[str], wheels: Path | None,
+          release: bool = True) -> dict:
     """resnet-cifar-train on the recipe once per seed; the median seed's release packed into `out` with a summary.
 
     A seed an earlier call already trained with the same flags is not trained again, so the seeds can be spread
@@ -160,8 +167,7 @@ def train(seeds: list[int], data: Path, runs: Path, out: Path, extra: list[str],
     """
     if wheels is not None:
         install_wheels(wheels)
-    paths = (["/tmp/site"] if wheels is not None else []) + [str(ROOT), os.environ.get("PYTHONPATH", "")]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(paths).strip(os.pathsep))
+    env = _env(wheels)
     results = []
     out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
@@ -189,14 +195,51 @@ def train(seeds: list[int], data: Path, runs: Path, out: Path, extra: list[str],
         done_file.write_text(json.dumps(result))
         results.append({**result, "reused": False})
         print(f"seed {seed}: {metrics['test_accuracy'] * 100:.2f} % ({metrics['test_accuracy_tta'] * 100:.2f} % "
-              f"with flip TTA), fit {metrics['fit_seconds']:.1f} s, wall {wall:.1f} s", flush=True)
+              f"with flip TTA), {len(metrics['epoch_seconds'])} epochs in {metrics['train_seconds']:.1f} s "
+              f"({metrics['images_per_second']:,.0f} images/s, {metrics['tflops']:.1f} TFLOP/s), fit "
+              f"{metrics['fit_seconds']:.1f} s, wall {wall:.1f} s", flush=True)
     accuracies = [r["test_accuracy"] for r in results]
     median = sorted(results, key=lambda r: r["test_accuracy"])[(len(results) - 1) // 2]
     summary = {"seeds": results, "median_seed": median["seed"], "mean_accuracy": statistics.fmean(accuracies),
                "spread": max(accuracies) - min(accuracies), "extra_args": extra}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    pack(runs / f"seed{median['seed']}" / "release", out)
+    if release:
+        pack(runs / f"seed{median['seed']}" / "release", out)
     return summary
+
+
+def plain(seeds: list[int], data: Path, runs: Path, out: Path, extra: list[str], wheels: Path | None) -> dict:
+    """benchmarks/plain_train.py on the recipe with the same flags, once per seed: Lightning's cost beside the
+    resnet-cifar-train runs `train` made in `runs` with the same flags (the ratio of their epoch times)."""
+    if wheels is not None:
+        install_wheels(wheels)
+    env = _env(wheels)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for seed in seeds:
+        name = f"plain-{runs.name}-seed{seed}"  # beside the runs it is compared with: one call may time two sets
+        target = out / f"{name}.json"
+        command = [sys.executable, str(ROOT / "benchmarks" / "plain_train.py"), "--config", str(RECIPE), "--dataset",
+                   str(data), "--seed", str(seed), "--json", str(target), *extra]
+        print("$", " ".join(command), flush=True)
+        with (out / f"{name}.log").open("w") as log:
+            finished = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if finished.returncode != 0:
+            raise StageError(f"the plain loop failed for seed {seed} (exit {finished.returncode}); its log is "
+                             f"{name}.log")
+        result = json.loads(target.read_text())
+        lightning_file = runs / f"seed{seed}" / "stage-run.json"
+        lightning = json.loads(lightning_file.read_text()) if lightning_file.is_file() else {}
+        if lightning.get("extra_args") == extra and lightning.get("epoch_seconds"):
+            result["lightning_over_plain"] = lightning["train_seconds"] / result["train_seconds"]
+            later = sum(lightning["epoch_seconds"][1:]), sum(result["epoch_seconds"][1:])
+            if later[1] > 0:
+                result["lightning_over_plain_after_first"] = later[0] / later[1]
+        results.append(result)
+        ratio = f", Lightning / plain {result['lightning_over_plain']:.3f}" if "lightning_over_plain" in result else ""
+        print(f"plain seed {seed}: {result['test_accuracy'] * 100:.2f} %, {len(result['epoch_seconds'])} epochs in "
+              f"{result['train_seconds']:.1f} s ({result['images_per_second']:,.0f} images/s){ratio}", flush=True)
+    return {"plain": results}
 
 
 def pack(release_dir: Path, out: Path) -> list[Path]:
@@ -273,7 +316,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=DEVICE_RUNS)
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-out")))
     p.add_argument("--wheels", type=Path, default=None, help="install these wheels first (the device: .whl)")
+    p.add_argument("--no-release", dest="release", action="store_false",
+                   help="do not pack the median seed's release (a run made only to be timed)")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more resnet-cifar-train flags")
+    p = sub.add_parser("plain", help="(device) the same runs in benchmarks/plain_train.py, timed beside train's")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--data", type=Path, default=DEVICE_DATA)
+    p.add_argument("--runs", type=Path, default=DEVICE_RUNS, help="where train ran the same flags (for the ratio)")
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-out")))
+    p.add_argument("--wheels", type=Path, default=None, help="install these wheels first (the device: .whl)")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: the same flags as train's")
     p = sub.add_parser("unpack", help="rebuild the release from the pieces the device returned")
     p.add_argument("pieces", type=Path)
     p.add_argument("dest", type=Path)
@@ -291,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
             receive(data=args.to)
         elif args.step == "train":
             extra = [a for a in args.extra if a != "--"]
-            train(args.seeds, args.data, args.runs, args.out, extra, args.wheels)
+            train(args.seeds, args.data, args.runs, args.out, extra, args.wheels, args.release)
+        elif args.step == "plain":
+            extra = [a for a in args.extra if a != "--"]
+            plain(args.seeds, args.data, args.runs, args.out, extra, args.wheels)
         else:
             unpack(args.pieces, args.dest)
     except (StageError, OSError, ValueError) as err:
