@@ -154,9 +154,10 @@ def train(config: RunConfig) -> dict[str, Any]:
             recalibrate_batchnorm(model, finished())
     accuracy, tta = evaluate(model, dm.test_set.images, dm.test_set.labels, dm.mean, dm.std, device)
     return {"loop": "plain PyTorch", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "seed": config.seed, "test_accuracy": accuracy, "test_accuracy_tta": tta,
-            "test_images": len(dm.test_set.labels), "optimizer_steps": steps_per_epoch * config.optim.epochs,
-            "loop_seconds": train_seconds, "epochs_logged": epochs,
+            "torch": torch.__version__, "precision": config.hardware.precision, "seed": config.seed,
+            "test_accuracy": accuracy, "test_accuracy_tta": tta, "test_images": len(dm.test_set.labels),
+            "optimizer_steps": steps_per_epoch * config.optim.epochs, "loop_seconds": train_seconds,
+            "epochs_logged": epochs,
             **speed.summary(seconds, images, speed.train_flops_per_image(model_config))}
 
 

@@ -99,7 +99,7 @@ def test_a_run_with_the_split_on_the_device_trains_times_and_releases(eager):
     assert metrics["train_seconds"] <= metrics["fit_seconds"]
     assert metrics["images_per_second"] == pytest.approx(metrics["train_images"] / metrics["train_seconds"])
     assert metrics["tflops"] == pytest.approx(metrics["images_per_second"] * 2.272032768e9 / 1e12)
-    assert metrics["device"] == "cpu"
+    assert (metrics["device"], metrics["torch"], metrics["precision"]) == ("cpu", torch.__version__, "32-true")
     assert (out / "checkpoints" / "last.ckpt").is_file(), "a checkpoint every epoch by default"
 
 

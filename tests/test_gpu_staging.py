@@ -120,14 +120,23 @@ def test_the_plain_loop_runs_beside_a_timed_run_with_the_same_flags(tmp_path):
     assert len(timed["epoch_seconds"]) == 2 and timed["images_per_second"] > 0 and timed["tflops"] > 0
 
     result = stage.plain([0], SAMPLE, runs, out, extra, wheels=None)["plain"][0]
-    assert json.loads((out / "plain-runs-seed0.json").read_text()) == {
-        k: v for k, v in result.items() if not k.startswith("lightning_over_plain")}
+    assert json.loads((out / "plain-runs-seed0.json").read_text()) == result
+    assert result["extra_args"] == extra
     assert result["lightning_over_plain"] == pytest.approx(timed["train_seconds"] / result["train_seconds"])
     assert "lightning_over_plain_after_first" in result
     # The same work: the recipe's epochs, batch for batch, to the same losses and test accuracy.
     assert [e["train_loss"] for e in result["epochs_logged"]] == pytest.approx(
         [e["train_loss"] for e in timed["epochs_logged"]], rel=1e-5)
     assert result["test_accuracy"] == pytest.approx(timed["test_accuracy"], abs=1e-6)
+
+    table = stage.report([out]).splitlines()
+    rows = [line for line in table if line.startswith("| resnet-cifar-train") or line.startswith("| plain loop")]
+    assert len(rows) == 4, "one row per run, one per set of flags"
+    assert f"| {timed['test_accuracy'] * 100:.2f} % |" in rows[0]
+    assert rows[1].startswith("| plain loop") and f"{result['lightning_over_plain_after_first']:.3f} |" in rows[1]
+    epochs = [line for line in table if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(epochs) == 2 and all(len(line.split(" | ")) == 3 for line in epochs), "an epoch's seconds, per run"
+    assert "Device: cpu, torch " in table[0] and "2.27 GFLOP a training image" in table[0]
 
     with pytest.raises(stage.StageError, match="plain-runs-seed0.log"):
         stage.plain([0], SAMPLE, runs, out, ["--max-lr", "none"], wheels=None)

@@ -284,7 +284,8 @@ def run(config: RunConfig) -> Path | None:
         "test_accuracy": lit.evaluation.accuracy, "test_accuracy_tta": lit.evaluation.tta_accuracy,
         "test_loss": lit.evaluation.loss, "test_images": len(lit.evaluation.labels), "fit_seconds": fit_seconds,
         "optimizer_steps": trainer.global_step, "epochs": trainer.current_epoch, "max_lr": lit.max_lr,
-        "world_size": trainer.world_size, "device": device_name(trainer),
+        "world_size": trainer.world_size, "device": device_name(trainer), "torch": torch.__version__,
+        "precision": str(trainer.precision),
         **speed.summary(timer.seconds, timer.images, speed.train_flops_per_image(model_config)),
     }, indent=2))
     if timer.seconds:

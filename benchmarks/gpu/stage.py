@@ -11,7 +11,9 @@ matplotlib, pyarrow and opencv, but not datasets, albumentations or captum. So:
     device  python3 benchmarks/gpu/stage.py receive                  (run, carry [".stage"])
     ...     prepare 2 / receive; the last call carries .stage and .whl and trains:
     device  python3 benchmarks/gpu/stage.py receive && python3 benchmarks/gpu/stage.py train --seeds 0 1 2
+    device  python3 benchmarks/gpu/stage.py plain --seeds 0 -- <train's flags>   (the plain loop, timed beside)
     here    python benchmarks/gpu/stage.py unpack <files_at> space/model
+    here    python benchmarks/gpu/stage.py report <files_at> ...                 # BENCHMARKS.md's tables
 
 Moving the bundled release (space/model, 26 MB) out of the checkout while staging is the caller's job; `prepare`
 refuses a call that would not fit and says what is too large. Every shard carries its SHA-256 in the stage's
@@ -235,11 +237,66 @@ def plain(seeds: list[int], data: Path, runs: Path, out: Path, extra: list[str],
             later = sum(lightning["epoch_seconds"][1:]), sum(result["epoch_seconds"][1:])
             if later[1] > 0:
                 result["lightning_over_plain_after_first"] = later[0] / later[1]
+        result["extra_args"] = extra
+        target.write_text(json.dumps(result, indent=2))
         results.append(result)
         ratio = f", Lightning / plain {result['lightning_over_plain']:.3f}" if "lightning_over_plain" in result else ""
         print(f"plain seed {seed}: {result['test_accuracy'] * 100:.2f} %, {len(result['epoch_seconds'])} epochs in "
               f"{result['train_seconds']:.1f} s ({result['images_per_second']:,.0f} images/s){ratio}", flush=True)
     return {"plain": results}
+
+
+def report(folders: list[Path]) -> str:
+    """BENCHMARKS.md's tables from what the calls returned (each folder: a summary.json of `train`, plain-*.json of
+    `plain`): one row per run, the accuracy over seeds per set of flags, and every epoch's seconds."""
+    runs: list[tuple[str, dict]] = []
+    for folder in folders:
+        if (folder / "summary.json").is_file():
+            summary = json.loads((folder / "summary.json").read_text())
+            runs += [("resnet-cifar-train", seed) for seed in summary["seeds"]]
+        runs += [("plain loop", json.loads(p.read_text())) for p in sorted(folder.glob("plain-*.json"))]
+    if not runs:
+        raise StageError(f"no summary.json or plain-*.json in {', '.join(map(str, folders))}")
+
+    names: dict[str, str] = {}  # the flags of each set of runs, by a letter: the tables stay narrow
+
+    def flags(run: dict) -> str:
+        return names.setdefault(" ".join(run.get("extra_args") or []) or "(recipe only)", chr(ord("A") + len(names)))
+
+    for _, run in runs:
+        flags(run)
+    first = runs[0][1]
+    lines = [f"Device: {first.get('device')}, torch {first.get('torch')}, {first.get('precision')}; "
+             f"{first['train_flops_per_image'] / 1e9:.2f} GFLOP a training image. Flags after the recipe "
+             f"(recipes/dawnbench-24.yaml): " + "; ".join(f"{v} = `{k}`" for k, v in names.items()) + ".", "",
+             "| loop | flags | seed | test acc | flip TTA | epochs | s (all) | s (after 1st) | images/s (after 1st) "
+             "| TFLOP/s (after 1st) | Lightning / plain (after 1st) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for loop, run in runs:
+        later = sum(run["epoch_seconds"][1:])
+        ratio = run.get("lightning_over_plain_after_first")
+        lines.append(f"| {loop} | {flags(run)} | {run['seed']} | {run['test_accuracy'] * 100:.2f} % | "
+                     f"{run['test_accuracy_tta'] * 100:.2f} % | {len(run['epoch_seconds'])} | "
+                     f"{run['train_seconds']:.2f} | {later:.2f} | {run.get('images_per_second_after_first', 0):,.0f} | "
+                     f"{run.get('tflops_after_first', 0):.1f} | {f'{ratio:.3f}' if ratio else ''} |")
+    lines += ["", "| loop | flags | seeds | test acc, mean | spread (max - min) | flip TTA, mean |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for loop, run in runs:
+        groups.setdefault((loop, flags(run)), []).append(run)
+    for (loop, named), group in groups.items():
+        accuracy = [r["test_accuracy"] * 100 for r in group]
+        tta = [r["test_accuracy_tta"] * 100 for r in group]
+        lines.append(f"| {loop} | {named} | {', '.join(str(r['seed']) for r in group)} | "
+                     f"{statistics.fmean(accuracy):.2f} % | {max(accuracy) - min(accuracy):.2f} | "
+                     f"{statistics.fmean(tta):.2f} % |")
+    lines += ["", "Seconds per epoch (device synchronized; the first holds compilation and autotuning):", "",
+              "| epoch | " + " | ".join(f"{loop} {flags(run)} seed {run['seed']}" for loop, run in runs) + " |",
+              "| --- |" + " --- |" * len(runs)]
+    for epoch in range(max(len(run["epoch_seconds"]) for _, run in runs)):
+        cells = [f"{run['epoch_seconds'][epoch]:.3f}" if epoch < len(run["epoch_seconds"]) else "" for _, run in runs]
+        lines.append(f"| {epoch + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def pack(release_dir: Path, out: Path) -> list[Path]:
@@ -326,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-out")))
     p.add_argument("--wheels", type=Path, default=None, help="install these wheels first (the device: .whl)")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: the same flags as train's")
+    p = sub.add_parser("report", help="BENCHMARKS.md's tables from the folders the calls returned")
+    p.add_argument("folders", type=Path, nargs="+")
     p = sub.add_parser("unpack", help="rebuild the release from the pieces the device returned")
     p.add_argument("pieces", type=Path)
     p.add_argument("dest", type=Path)
@@ -347,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.step == "plain":
             extra = [a for a in args.extra if a != "--"]
             plain(args.seeds, args.data, args.runs, args.out, extra, args.wheels)
+        elif args.step == "report":
+            print(report(args.folders))
         else:
             unpack(args.pieces, args.dest)
     except (StageError, OSError, ValueError) as err:
