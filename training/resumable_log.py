@@ -24,22 +24,36 @@ class _ContinuingWriter(ExperimentWriter):
             super()._check_log_dir_exists()
             return
         with open(self.metrics_file_path, newline="") as f:
-            reader = csv.DictReader(f)
-            fieldnames = list(reader.fieldnames or [])
-            rows = [row for row in reader if row.get("step") and int(float(row["step"])) < self._keep_before_step]
+            lines = f.read().splitlines(keepends=True)
+        if lines and not lines[-1].endswith(("\n", "\r")):
+            lines.pop()  # a line the kill cut short (a row, or the header of a file being rewritten)
+        reader = csv.DictReader(lines)
+        rows = [row for row in reader if None not in row and _step(row) is not None
+                and _step(row) < self._keep_before_step]
+        keys = set(reader.fieldnames or ())
         if self._epoch_row is not None and not any(
                 row.get("train_loss") and row.get("epoch") and int(float(row["epoch"])) == self._epoch_row["epoch"]
                 for row in rows):
             # killed after the checkpoint but before its epoch's row reached the file: the checkpoint has the row
-            fieldnames += [k for k in self._epoch_row if k not in fieldnames]
+            keys |= set(self._epoch_row)
             rows.append({k: self._epoch_row[k] for k in self._epoch_row})
+        # Lightning appends rows in the order of its sorted metrics_keys without rewriting the header: the header
+        # must be in that same order, or every later row lands under the wrong columns.
+        self.metrics_keys = sorted(keys)
         partial = f"{self.metrics_file_path}.partial"
         with open(partial, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
             writer.writeheader()
             writer.writerows(rows)
         os.replace(partial, self.metrics_file_path)  # the earlier log is replaced whole or not at all
-        self.metrics_keys = sorted(fieldnames)
+
+
+def _step(row: dict[str, str]) -> int | None:
+    """The row's step, or None for a row without a whole number there."""
+    try:
+        return int(float(row.get("step") or ""))
+    except (ValueError, OverflowError):
+        return None
 
 
 class ResumableCSVLogger(CSVLogger):
