@@ -42,9 +42,10 @@ sys.path.insert(0, str(ROOT))
 from resnet_cifar import ResNet9  # noqa: E402
 from resnet_cifar.preprocess import normalize  # noqa: E402
 from training import speed  # noqa: E402
+from training.cli import model_config_of  # noqa: E402
 from training.config import ConfigError, RunConfig, build_parser, resolve  # noqa: E402
-from training.data import CIFAR10DataModule, DeviceBatches  # noqa: E402
-from training.module import one_cycle, recalibrate_batchnorm  # noqa: E402
+from training.data import CIFAR10DataModule  # noqa: E402
+from training.module import make_optimizer, one_cycle, recalibrate_batchnorm  # noqa: E402
 
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -55,15 +56,6 @@ def pick_device(accelerator: str) -> torch.device:
             raise ConfigError(f"--accelerator {accelerator}: no CUDA device here; use --accelerator cpu")
         return torch.device("cuda", 0)
     return torch.device("cpu")
-
-
-def make_optimizer(model: torch.nn.Module, config: RunConfig, max_lr: float) -> torch.optim.Optimizer:
-    """LitResNet.configure_optimizers' optimizer."""
-    o = config.optim
-    if o.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=max_lr, weight_decay=o.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=max_lr, momentum=o.momentum, nesterov=True,
-                           weight_decay=o.weight_decay)
 
 
 def evaluate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, mean: tuple, std: tuple,
@@ -91,21 +83,17 @@ def train(config: RunConfig) -> dict[str, Any]:
     dm = CIFAR10DataModule(config.data, config.augment, seed=config.seed)
     dm.setup()
     assert dm.train_set is not None and dm.test_set is not None
-    model_config = {"num_classes": dm.num_classes, "class_names": list(dm.class_names), "mean": list(dm.mean),
-                    "std": list(dm.std), "dropout": config.model.dropout, "logit_scale": config.model.logit_scale}
+    model_config = model_config_of(dm, config)
     model = ResNet9(**model_config).to(device)
     memory = torch.channels_last if config.model.channels_last else torch.contiguous_format
     model.to(memory_format=memory)
     forward = torch.compile(model, dynamic=False) if config.hardware.compile else model
 
-    if config.data.data_on_device:
-        batches: Any = DeviceBatches(dm.train_set.images, dm.train_set.labels, dm.batch_size, device, config.seed)
-    else:
-        batches = dm.train_dataloader()
+    batches: Any = dm.device_batches(device) if config.data.data_on_device else dm.train_dataloader()
     steps_per_epoch = len(batches)
     if isinstance(config.hardware.limit_train_batches, int):
         steps_per_epoch = min(steps_per_epoch, config.hardware.limit_train_batches)
-    optimizer = make_optimizer(model, config, config.optim.max_lr)
+    optimizer = make_optimizer(model.parameters(), config, config.optim.max_lr)
     schedule = one_cycle(optimizer, config.optim.max_lr, steps_per_epoch * config.optim.epochs, config)
     dtype = AUTOCAST.get(config.hardware.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
@@ -146,14 +134,10 @@ def train(config: RunConfig) -> dict[str, Any]:
     train_seconds = time.perf_counter() - start
 
     if config.model.recalibrate_bn:
-        def finished() -> Any:
-            for batch in batches:
-                yield dm.finish_batch([t.to(device) for t in batch])
-
         with torch.no_grad():
-            recalibrate_batchnorm(model, finished())
+            recalibrate_batchnorm(model, batches, dm.finish_batch)
     accuracy, tta = evaluate(model, dm.test_set.images, dm.test_set.labels, dm.mean, dm.std, device)
-    return {"loop": "plain PyTorch", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    return {"loop": "plain PyTorch", "device": speed.device_name(device),
             "torch": torch.__version__, "precision": config.hardware.precision, "seed": config.seed,
             "test_accuracy": accuracy, "test_accuracy_tta": tta, "test_images": len(dm.test_set.labels),
             "optimizer_steps": steps_per_epoch * config.optim.epochs, "loop_seconds": train_seconds,

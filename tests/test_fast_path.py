@@ -4,7 +4,6 @@ the timing in metrics.json, and the plain PyTorch loop (benchmarks/plain_train.p
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import subprocess
@@ -17,7 +16,7 @@ import torch
 from conftest import ROOT, SAMPLE
 
 from resnet_cifar import ResNet9, release
-from training import cli, speed
+from training import cli, report, speed
 from training.config import AugmentConfig, DataConfig
 from training.data import CIFAR10DataModule, DeviceBatches, stack_samples
 
@@ -32,8 +31,7 @@ def train(out: Path, *extra: str) -> dict:
 
 
 def epoch_rows(out: Path) -> list[dict[str, float]]:
-    with (out / "logs" / "metrics.csv").open(newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f) if row.get("train_loss")]
+    return [row for row in report.read_metrics(out / "logs" / "metrics.csv") if "train_loss" in row]
 
 
 @pytest.fixture(scope="module")

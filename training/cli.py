@@ -45,12 +45,6 @@ class EpochProgressBar(TQDMProgressBar):
         self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
 
 
-def device_name(trainer: L.Trainer) -> str:
-    """The training device in words (its CUDA name on a GPU)."""
-    device = trainer.strategy.root_device
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-
-
 def _devices(value: Any) -> int | str:
     return int(value) if str(value).isdigit() else str(value)
 
@@ -151,7 +145,8 @@ def suggest_max_lr(lrs: list[float], losses: list[float], steps: int) -> float:
 # ---------------------------------------------------------------- the run
 
 
-def _model_config(dm: CIFAR10DataModule, config: RunConfig) -> dict[str, Any]:
+def model_config_of(dm: CIFAR10DataModule, config: RunConfig) -> dict[str, Any]:
+    """ResNet9's init kwargs for a run: the dataset's classes and statistics, the config's model settings."""
     return {"num_classes": dm.num_classes, "class_names": list(dm.class_names), "mean": list(dm.mean),
             "std": list(dm.std), "dropout": config.model.dropout, "logit_scale": config.model.logit_scale}
 
@@ -244,7 +239,7 @@ def run(config: RunConfig) -> Path | None:
     dm = CIFAR10DataModule(config.data, config.augment, seed=config.seed)
     dm.setup()
     config.data.batch_size = dm.batch_size  # the resolved config records the batch size the run really uses
-    model_config = _model_config(dm, config)
+    model_config = model_config_of(dm, config)
     saved = None
     if resume is not None:  # everything is checked before anything in the output folder is touched
         saved = checkpoints.load(resume)
@@ -280,16 +275,15 @@ def run(config: RunConfig) -> Path | None:
     check_finite(lit, lit.evaluation.loss, lit.max_lr)
     rel = write_release(config, lit, dm, trainer, lr_data, fit_seconds)
     timer = next(c for c in trainer.callbacks if isinstance(c, speed.EpochTimer))
+    pace = speed.summary(timer.seconds, timer.images, speed.train_flops_per_image(model_config))
     (out / METRICS_FILE).write_text(json.dumps({
         "test_accuracy": lit.evaluation.accuracy, "test_accuracy_tta": lit.evaluation.tta_accuracy,
         "test_loss": lit.evaluation.loss, "test_images": len(lit.evaluation.labels), "fit_seconds": fit_seconds,
         "optimizer_steps": trainer.global_step, "epochs": trainer.current_epoch, "max_lr": lit.max_lr,
-        "world_size": trainer.world_size, "device": device_name(trainer), "torch": torch.__version__,
-        "precision": str(trainer.precision),
-        **speed.summary(timer.seconds, timer.images, speed.train_flops_per_image(model_config)),
+        "world_size": trainer.world_size, "device": speed.device_name(trainer.strategy.root_device),
+        "torch": torch.__version__, "precision": str(trainer.precision), **pace,
     }, indent=2))
     if timer.seconds:
-        pace = speed.summary(timer.seconds, timer.images, 0.0)
         print(f"trained {len(timer.seconds)} epochs in {pace['train_seconds']:.1f} s "
               f"({pace['images_per_second']:,.0f} images/s)", flush=True)
     print(f"release written to {rel} (test accuracy {lit.evaluation.accuracy * 100:.2f} % on "

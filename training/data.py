@@ -321,7 +321,11 @@ class CIFAR10DataModule(L.LightningDataModule):
         if trainer is not None and trainer.world_size > 1:
             raise ValueError(f"--data-on-device keeps the whole training split on one device, and this run has "
                              f"{trainer.world_size}: use --devices 1, or drop --data-on-device")
-        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        return self.device_batches(trainer.strategy.root_device if trainer is not None else torch.device("cpu"))
+
+    def device_batches(self, device: torch.device) -> DeviceBatches:
+        """The training split on `device` (moved there once), cut into this module's batches."""
+        assert self.train_set is not None, "call setup() first"
         resident = self._resident
         if resident is None or resident.device != device:
             resident = self._resident = DeviceBatches(self.train_set.images, self.train_set.labels, self.batch_size,

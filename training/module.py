@@ -160,12 +160,7 @@ class LitResNet(L.LightningModule):
         """Adam or SGD-Nesterov with OneCycleLR over exactly the steps the trainer will run."""
         if self.max_lr is None:
             raise ValueError("max_lr is not set: pass --max-lr or run the LR finder before fit")
-        o = self.config.optim
-        if o.optimizer == "adam":
-            opt = torch.optim.Adam(self.parameters(), lr=self.max_lr, weight_decay=o.weight_decay)
-        else:
-            opt = torch.optim.SGD(self.parameters(), lr=self.max_lr, momentum=o.momentum, nesterov=True,
-                                  weight_decay=o.weight_decay)
+        opt = make_optimizer(self.parameters(), self.config, self.max_lr)
         # The course computed steps by hand and stopped one epoch short; the trainer knows the real count.
         total = self.total_steps = int(self.trainer.estimated_stepping_batches)
         # cycle_momentum=True (OneCycleLR's default) would overwrite SGD's momentum with 0.95 -> 0.85 -> 0.95:
@@ -197,6 +192,14 @@ def recalibrate_batchnorm(model: torch.nn.Module, loader: Any, finish: Any = Non
     return seen
 
 
+def make_optimizer(params: Any, config: RunConfig, max_lr: float) -> torch.optim.Optimizer:
+    """Adam, or SGD with Nesterov momentum, with the run's weight decay."""
+    o = config.optim
+    if o.optimizer == "adam":
+        return torch.optim.Adam(params, lr=max_lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=max_lr, momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay)
+
+
 def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, config: RunConfig
               ) -> torch.optim.lr_scheduler.OneCycleLR:
     """The One Cycle schedule of a run (also used to plot the whole schedule before it has run)."""
@@ -210,11 +213,7 @@ def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int,
 
 def schedule_of(config: RunConfig, max_lr: float, total_steps: int) -> tuple[list[float], list[float | None]]:
     """(LR, momentum) at every optimizer step of a whole run, from the scheduler itself, before it runs."""
-    param = torch.nn.Parameter(torch.zeros(1))
-    if config.optim.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam([param], lr=max_lr)
-    else:
-        opt = torch.optim.SGD([param], lr=max_lr, momentum=config.optim.momentum, nesterov=True)
+    opt = make_optimizer([torch.nn.Parameter(torch.zeros(1))], config, max_lr)
     schedule = one_cycle(opt, max_lr, total_steps, config)
     lrs, momenta = [], []
     for step in range(total_steps):

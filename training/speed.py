@@ -30,6 +30,11 @@ def train_flops_per_image(model_config: dict[str, Any] | None = None) -> float:
     return counter.get_total_flops() / len(images)
 
 
+def device_name(device: torch.device) -> str:
+    """The training device in words (its CUDA name on a GPU)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the work queued on `device` (a no-op on the CPU)."""
     if device.type == "cuda":
