@@ -4,11 +4,12 @@
     resnet-cifar-space build OUT --bundle runs/resnet9/release      # the release travels inside the Space
     resnet-cifar-space deploy OWNER/SPACE --model OWNER/NAME [--private]
 
-The folder holds app.py, the examples, a copy of the resnet_cifar package, requirements.txt pinned to the
+The folder holds app.py, the ten examples, the resnet_cifar package's modules and templates, requirements.txt pinned to the
 versions installed here (the ones the app is tested with; CPU torch), README.md with the Space's front matter, and
 space.json naming the model the app serves. Copying the pure-Python package rather than building a wheel keeps
 the Space's source readable on its Hub page, needs no build backend on the Space, and makes what runs there the
-very files tested here; app.py imports it from its own folder.
+very files tested here; app.py imports it from its own folder. Build copies an explicit list of regular files
+(`sources()`), never a folder and never through a link, and prints it; deploy uploads exactly that list.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import importlib.metadata
 import json
 import os
+import pkgutil
 import shutil
 import stat
 import sys
@@ -71,12 +73,53 @@ def front_matter(model: str | None) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
 
 
-def _copy_package(target: Path) -> None:
-    """The resnet_cifar package (sources and templates) as installed here, without caches."""
+# The Space's examples, by name: build copies these and nothing else that happens to sit in examples/.
+EXAMPLES = ("0000_cat.png", "0001_ship.png", "0003_airplane.png", "0004_frog.png", "0006_automobile.png",
+            "0011_truck.png", "0012_dog.png", "0013_horse.png", "0022_deer.png", "0025_bird.png")
+# The library's data files, as setup.cfg's package_data declares them (a test keeps the two equal).
+PACKAGE_DATA = ("templates/*.md",)
+
+
+def read_regular(path: Path) -> bytes:
+    """A file's bytes, opened without following a link; DeployError for a link or anything not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as err:
+        kind = "a symbolic link" if path.is_symlink() else f"unreadable ({err.strerror})"
+        raise DeployError(f"{path} is {kind}; a Space is built from regular files only: replace it with the "
+                          "file itself") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise DeployError(f"{path} is not a regular file; a Space is built from regular files only")
+        return f.read()
+
+
+def package_dir() -> Path:
+    """The folder of the resnet_cifar package installed here."""
     import resnet_cifar
 
-    source = Path(resnet_cifar.__file__).resolve().parent
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return Path(resnet_cifar.__file__).resolve().parent
+
+
+def package_files() -> list[str]:
+    """The resnet_cifar files a Space needs, relative to the package: its modules and its declared data files.
+
+    An explicit list, not a copy of the folder: whatever else sits there (an .env, notes, editor files) stays out.
+    """
+    source = package_dir()
+    names = ["__init__.py"] + [f"{m.name}.py" for m in pkgutil.iter_modules([str(source)]) if not m.ispkg]
+    for pattern in PACKAGE_DATA:
+        names += [p.relative_to(source).as_posix() for p in source.glob(pattern) if not p.name.startswith(".")]
+    return sorted(set(names))
+
+
+def sources() -> dict[str, Path]:
+    """What build copies (path in the Space -> file here), besides the files it writes itself."""
+    package = package_dir()
+    found = {APP_FILE: HERE / APP_FILE}
+    found.update({f"examples/{name}": HERE / "examples" / name for name in EXAMPLES})
+    found.update({f"resnet_cifar/{name}": package / name for name in package_files()})
+    return found
 
 
 def build(out: str | os.PathLike, model: str | None = None, revision: str | None = None,
@@ -96,13 +139,13 @@ def build(out: str | os.PathLike, model: str | None = None, revision: str | None
     bundled = release.files(bundle) if bundle is not None else []
     staging = Path(tempfile.mkdtemp(prefix=".space-build-", dir=out.parent if out.parent.exists() else None))
     try:
-        shutil.copy2(HERE / APP_FILE, staging / APP_FILE)
-        shutil.copytree(HERE / "examples", staging / "examples")
-        _copy_package(staging / "resnet_cifar")
+        for name, path in sources().items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(read_regular(path))
         (staging / "requirements.txt").write_text(pinned_requirements())
         source = {"model": model, "revision": revision} if model else {"model": "model", "revision": None}
         (staging / CONFIG_NAME).write_text(json.dumps(source, indent=2) + "\n")
-        readme = (HERE / "README.md").read_text(encoding="utf-8")
+        readme = read_regular(HERE / "README.md").decode("utf-8")
         (staging / "README.md").write_text(front_matter(model) + "\n" + readme, encoding="utf-8")
         if bundle is not None:
             (staging / "model").mkdir()

@@ -75,6 +75,87 @@ def test_build_can_bundle_a_release(tmp_path):
     assert '"model": "model"' in (out / "space.json").read_text()
 
 
+# A file outside the checkout that links point to (as /etc/passwd did in the report), with bytes no source has.
+OUTSIDE_BYTES = b"root:x:0:0:OUTSIDE-THE-CHECKOUT-7f3a\n"
+
+
+def hostile_checkout(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """Copies of space/ and resnet_cifar/ with what a careless checkout holds beside the real files (a token in
+    .env, private notes, editor files, an example that links to /etc/passwd); build reads from the copies."""
+    import shutil
+
+    space, package = tmp_path / "checkout" / "space", tmp_path / "checkout" / "resnet_cifar"
+    shutil.copytree(SPACE, space, ignore=shutil.ignore_patterns("__pycache__", "model"))
+    shutil.copytree(ROOT / "resnet_cifar", package, ignore=shutil.ignore_patterns("__pycache__"))
+    (package / ".env").write_text(f"HF_TOKEN={TOKEN}\n")
+    (package / "notes_secret.txt").write_text("private notes\n")
+    (package / "templates" / ".model_card.md.swp").write_text("editor swap file\n")
+    (space / "examples" / ".DS_Store").write_bytes(b"\0\1finder")
+    (tmp_path / "passwd").write_bytes(OUTSIDE_BYTES)
+    (space / "examples" / "9999_evil.png").symlink_to(tmp_path / "passwd")
+    (space / "notes.txt").write_text("not part of the Space\n")
+    monkeypatch.setattr(deploy, "HERE", space)
+    monkeypatch.setattr(deploy, "package_dir", lambda: package)
+    return space, package
+
+
+def test_build_copies_its_explicit_list_and_nothing_else_that_sits_in_the_checkout(tmp_path, monkeypatch, capsys):
+    space, package = hostile_checkout(tmp_path, monkeypatch)
+    assert deploy.main(["build", str(tmp_path / "out"), "--model", "someone/resnet9"]) == 0
+    files = set(deploy.built_files(tmp_path / "out"))
+    modules = {f"resnet_cifar/{p.name}" for p in package.glob("*.py")}
+    assert files == {"app.py", "README.md", "requirements.txt", "space.json", "resnet_cifar/templates/model_card.md",
+                     *modules, *(f"examples/{name}" for name in deploy.EXAMPLES)}
+    for name in files:
+        data = (tmp_path / "out" / name).read_bytes()
+        assert TOKEN.encode() not in data and OUTSIDE_BYTES not in data and b"private notes" not in data, name
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"built {tmp_path / 'out'}: ") and "9999_evil" not in printed
+    assert sorted(printed.split(": ", 1)[1].strip().split(", ")) == sorted(files), "build prints what it wrote"
+
+
+@pytest.mark.parametrize("where", ["examples/0000_cat.png", "app.py", "README.md"])
+def test_a_named_file_that_is_a_link_is_refused_and_nothing_is_built(tmp_path, monkeypatch, capsys, where):
+    space, _ = hostile_checkout(tmp_path, monkeypatch)
+    (space / where).unlink()
+    (space / where).symlink_to(tmp_path / "passwd")
+    assert deploy.main(["build", str(tmp_path / "out"), "--model", "someone/resnet9"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{space / where} is a symbolic link" in err and "regular files only" in err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".space-build-*"))
+
+
+def test_a_module_that_is_a_link_is_refused(tmp_path, monkeypatch):
+    _, package = hostile_checkout(tmp_path, monkeypatch)
+    (package / "card.py").unlink()
+    (package / "card.py").symlink_to(tmp_path / "passwd")
+    with pytest.raises(deploy.DeployError, match="card.py is a symbolic link"):
+        deploy.build(tmp_path / "out", model="someone/resnet9")
+
+
+def test_deploy_from_a_careless_checkout_uploads_only_the_built_list(tmp_path, monkeypatch):
+    hostile_checkout(tmp_path, monkeypatch)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    hub = FakeSpaceHub().install(monkeypatch)
+    assert deploy.main(["deploy", "someone/resnet9-space", "--model", "someone/resnet9"]) == 0
+    (commit,) = hub.commits
+    assert sorted(commit["files"]) == sorted(deploy.built_files(deploy.build(tmp_path / "same", model="someone/r")))
+    assert not [n for n in commit["files"] if ".env" in n or "secret" in n or "DS_Store" in n or "9999" in n]
+    assert all(OUTSIDE_BYTES not in data and TOKEN.encode() not in data for data in commit["contents"].values())
+
+
+def test_the_explicit_lists_match_the_checkout_and_setup_cfg():
+    import configparser
+
+    tracked = subprocess.run(["git", "ls-files", "space/examples"], cwd=ROOT, capture_output=True, text=True)
+    assert sorted(deploy.EXAMPLES) == sorted(Path(p).name for p in tracked.stdout.split()), "every example, by name"
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    declared = [p.strip() for p in setup["options.package_data"]["resnet_cifar"].split(",")]
+    assert list(deploy.PACKAGE_DATA) == declared
+    assert set(deploy.package_files()) >= {"__init__.py", "model.py", "release.py", "templates/model_card.md"}
+
+
 @pytest.mark.parametrize("kwargs, words", [
     ({"model": "not-an-id"}, "--model must be 'owner/name'"),
     ({}, "give the model to serve"),
