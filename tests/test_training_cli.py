@@ -469,3 +469,70 @@ def test_the_default_path_on_the_sample_is_better_than_chance(tmp_path):
     predicted = ResNet9.from_pretrained(out / "release").predict(
         [img for img in sample_split("test")[0][:100]], top_k=1)
     assert len({row[0][0] for row in predicted}) >= 3, "not one class for everything"
+
+
+# ---------------------------------------------------------------- one run per output folder
+
+
+def _wait_for_lock_of(proc: subprocess.Popen, out: Path, timeout: float = 300) -> None:
+    lock, deadline = out / ".run.lock", time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if lock.is_file() and f'"pid": {proc.pid}' in lock.read_text():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"the first process never took the lock (exit status {proc.poll()})")
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_at_once(tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen(_command(out, "--epochs", "3", "--limit-train-batches", "6", "--limit-test-batches", "2"),
+                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_lock_of(first, out)
+        for extra in ([], ["--resume", "last"]):
+            code, console = run_cli(SMOKE + ["--max-lr", "0.01", "--epochs", "3", "--limit-train-batches", "6",
+                                             "--output-dir", str(out), *extra])
+            assert code == 1 and f"is in use by a run that is still going (process {first.pid} on " in console
+            assert "pick another --output-dir (nothing was changed)" in console and "Traceback" not in console
+        assert "Epoch" not in console and "LR" not in console, "refused before any data or training"
+        assert first.poll() is None, "the first run was still going when the others were refused"
+    finally:
+        console = first.communicate(timeout=600)[0]
+    assert first.returncode == 0, console[-2000:]
+    assert [int(row["epoch"]) for row in _train_rows(out)] == [0, 1, 2], "one row per epoch, of one run"
+    assert json.loads((out / "metrics.json").read_text())["optimizer_steps"] == 18
+
+
+def test_the_lock_of_a_killed_run_is_stale_and_the_next_run_takes_it(tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from training import output_lock\nwith output_lock.hold(Path(sys.argv[1])):\n"
+                               "    time.sleep(600)", str(out)], cwd=ROOT, env=_env())
+    _wait_for_lock_of(holder, out, timeout=60)
+    code, console = run_cli(SMOKE + ["--max-lr", "0.01", "--epochs", "1", "--output-dir", str(out)])
+    assert code == 1 and f"(process {holder.pid} on " in console
+    holder.send_signal(signal.SIGKILL)
+    assert holder.wait() == -signal.SIGKILL
+    assert (out / ".run.lock").is_file(), "the killed run left its lock file behind"
+    code, console = run_cli(SMOKE + ["--max-lr", "0.01", "--epochs", "1", "--limit-train-batches", "2",
+                                     "--limit-test-batches", "1", "--output-dir", str(out)])
+    assert code == 0, console[-2000:]
+    assert (out / "release" / "model.safetensors").is_file()
+
+
+def test_the_lock_is_released_on_any_exit(tmp_path):
+    from training import output_lock
+
+    out = tmp_path / "run"
+    code, console = run_cli(SMOKE + ["--optimizer", "sgd", "--max-lr", "10", "--momentum", "0.99", "--logit-scale",
+                                     "1000", "--epochs", "1", "--limit-train-batches", "6", "--output-dir", str(out)])
+    assert code == 1 and "training diverged" in console, console[-2000:]
+    with output_lock.hold(out):  # the failed run let go of it
+        with pytest.raises(output_lock.FolderInUse, match="is in use by a run that is still going"):
+            with output_lock.hold(out):  # a second holder, even in one process (flock is per open file)
+                pass
+    with pytest.raises(ZeroDivisionError):
+        with output_lock.hold(out):
+            raise ZeroDivisionError
+    with output_lock.hold(out):
+        pass

@@ -21,7 +21,7 @@ from lightning.pytorch.tuner import Tuner
 from resnet_cifar import ResNet9, card, count_parameters, release
 from resnet_cifar.hub import PublishError, check_repo_id, check_write_access
 
-from . import checkpoints, report, speed
+from . import checkpoints, output_lock, report, speed
 from .config import ConfigError, RunConfig, build_parser, resolve
 from .data import CIFAR10DataModule
 from .module import LitResNet, recalibrate_batchnorm, schedule_of
@@ -230,10 +230,20 @@ def write_release(config: RunConfig, lit: LitResNet, dm: CIFAR10DataModule, trai
 
 
 def run(config: RunConfig) -> Path | None:
-    """The whole pipeline; returns the release folder on rank zero (None on other DDP ranks)."""
+    """The whole pipeline, holding the output folder's lock; returns the release folder on rank zero (None on
+    other DDP ranks, which run inside the lock their launcher holds)."""
     out = config.output.output_dir
     if out.exists() and not out.is_dir():
         raise RunError(f"--output-dir {out} is a file; pass a folder (it is created if missing)")
+    if not output_lock.is_rank_zero_process():
+        return pipeline(config)
+    with output_lock.hold(out):
+        return pipeline(config)
+
+
+def pipeline(config: RunConfig) -> Path | None:
+    """Find the LR, fit, test, write the release (see run)."""
+    out = config.output.output_dir
     resume = resolve_resume(config)
     L.seed_everything(config.seed, workers=True)
     dm = CIFAR10DataModule(config.data, config.augment, seed=config.seed)
@@ -312,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"resnet-cifar-train: error: {err}", file=sys.stderr)
         return 2
-    except RunError as err:
+    except (RunError, output_lock.FolderInUse) as err:
         print(f"resnet-cifar-train: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # a full disk, a file size limit, a folder that cannot be written
