@@ -34,6 +34,9 @@ class CardInfo:
     test_loss: float | None = None
     tta_accuracy: float | None = None
     test_images: int = 10_000
+    test_split_images: int | None = None  # the whole split's size (None: the same as test_images)
+    run: dict[str, Any] | None = None  # the run's metrics.json
+    calibration: list[tuple[str, str]] = field(default_factory=list)  # (figure, value) rows
     dataset: str = DEFAULT_DATASET
     model_name: str = "ResNet-9 for CIFAR-10"
     train_time: str | None = None
@@ -45,6 +48,12 @@ class CardInfo:
 def template() -> str:
     """The Jinja template of the model card, read from package data."""
     return resources.files("resnet_cifar").joinpath("templates/model_card.md").read_text(encoding="utf-8")
+
+
+def measured_split(info: CardInfo) -> str:
+    """The split the figures come from, in datasets' slice notation when only part of it was measured."""
+    whole = info.test_split_images if info.test_split_images is not None else info.test_images
+    return "test" if info.test_images >= whole else f"test[:{info.test_images}]"
 
 
 def card_data(info: CardInfo) -> ModelCardData:
@@ -67,9 +76,9 @@ def card_data(info: CardInfo) -> ModelCardData:
                 dataset_type=DEFAULT_DATASET,
                 dataset_name=dataset_name,
                 dataset_config="plain_text",
-                dataset_split="test",
+                dataset_split=measured_split(info),
                 metric_type="accuracy",
-                metric_name="Test accuracy",
+                metric_name=f"Test accuracy ({info.test_images:,} images)",
                 metric_value=round(float(info.test_accuracy), 4),
             )
         ],
@@ -89,8 +98,10 @@ def render(info: CardInfo) -> ModelCard:
         files={"weights": WEIGHTS_NAME, "config": CONFIG_NAME, "misclassified": MISCLASSIFIED_NAME,
                "training_config": TRAINING_CONFIG_NAME},
         plot_captions=PLOTS,
+        dataset_label=f"`{info.dataset}`" if info.dataset == DEFAULT_DATASET else
+        f"the local dataset folder `{Path(info.dataset).name}`",
         source=f'"{info.repo_id}"' if info.repo_id else '"path/to/release"',
-        **{k: v for k, v in vars(info).items() if k not in ("license", "dataset")},
+        **{k: v for k, v in vars(info).items() if k != "license"},
     )
     validate(card.content, info.test_accuracy)
     return card

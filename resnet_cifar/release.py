@@ -28,17 +28,19 @@ CONFIG_NAME = constants.CONFIG_NAME  # "config.json": ResNet9's init arguments
 CARD_NAME = constants.REPOCARD_NAME  # "README.md": the model card
 MISCLASSIFIED_NAME = "misclassified.safetensors"
 TRAINING_CONFIG_NAME = "training_config.json"  # the resolved config of the run that trained the weights
+METRICS_NAME = "metrics.json"  # the run's measured figures: test split and images, accuracy, ECE, speed, device
 # Plots the card shows, in the order it shows them, each with its caption.
 PLOTS: dict[str, str] = {
     "lr_finder.png": "LR finder",
     "lr_schedule.png": "One Cycle LR schedule",
     "metrics.png": "Loss and accuracy per epoch",
     "confusion_matrix.png": "Test confusion matrix",
+    "reliability.png": "Reliability diagram: confidence against accuracy, before and after temperature scaling",
     "misclassified.png": "Most confident mistakes on the test set",
     "gradcam.png": "Grad-CAM of the predicted class on those mistakes",
 }
 REQUIRED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
-FILES = (*REQUIRED_FILES, MISCLASSIFIED_NAME, TRAINING_CONFIG_NAME, *PLOTS)
+FILES = (*REQUIRED_FILES, MISCLASSIFIED_NAME, TRAINING_CONFIG_NAME, METRICS_NAME, *PLOTS)
 PICKLE_NAMES = (constants.PYTORCH_WEIGHTS_NAME, "pytorch_model.pt", "model.pt", "model.pth", "model.ckpt")
 MAX_CONFIG_BYTES = 1_000_000  # a config is a few hundred bytes; a larger one is refused before it is parsed
 FILE_MODE, FOLDER_MODE = 0o644, 0o755  # a release is meant to be read by anyone

@@ -54,7 +54,7 @@ def test_metadata_parses_and_the_hub_reads_the_accuracy():
     assert meta["metrics"] == ["accuracy"]
     assert "cifar10" in meta["tags"]
     (result,) = meta["model-index"][0]["results"]
-    assert result["metrics"][0] == {"type": "accuracy", "value": 0.9312, "name": "Test accuracy"}
+    assert result["metrics"][0] == {"type": "accuracy", "value": 0.9312, "name": "Test accuracy (10,000 images)"}
     assert result["dataset"]["type"] == "uoft-cs/cifar10" and result["dataset"]["split"] == "test"
 
     data = ModelCard(content).data

@@ -95,7 +95,9 @@ def test_one_evaluation_one_number_everywhere(trained):
     images, labels = sample_split("test")
     measured = float((model.probabilities(normalize(images, model.mean, model.std)).argmax(1).numpy() == labels).mean())
     metrics = json.loads((out / "metrics.json").read_text())
-    logged = next(r for r in csv.DictReader((out / "logs" / "metrics.csv").open()) if r.get("test_acc"))
+    tests = [r for r in csv.DictReader((out / "logs" / "metrics.csv").open()) if r.get("test_acc")]
+    assert len(tests) == 2, "the test before the temperature, and the release's test after it"
+    logged = tests[-1]
     assert card.test_accuracy_of(rel) == pytest.approx(measured, abs=1e-4)
     assert metrics["test_accuracy"] == pytest.approx(measured) == pytest.approx(float(logged["test_acc"]))
     assert float(logged["test_loss"]) == pytest.approx(metrics["test_loss"], rel=1e-5)
@@ -104,6 +106,40 @@ def test_one_evaluation_one_number_everywhere(trained):
     assert len(mistakes) == min(120, int(round((1 - measured) * len(labels))))
     assert (mistakes.predicted_labels != mistakes.true_labels).all()
     assert list(mistakes.probabilities) == sorted(mistakes.probabilities, reverse=True)
+
+
+def test_the_release_is_calibrated_and_carries_what_the_run_measured(trained):
+    from resnet_cifar import calibration
+
+    _, out, _, _ = trained
+    rel = out / "release"
+    metrics = json.loads((rel / release.METRICS_NAME).read_text())
+    assert metrics == json.loads((out / "metrics.json").read_text())
+    assert metrics["test_images"] == metrics["test_split_images"] == 300 and metrics["split"] == "test"
+    assert metrics["fit_seconds"] > 0 and metrics["images_per_second"] > 0 and metrics["device"] == "cpu"
+    assert metrics["precision"] in ("bf16-mixed", "32-true") and metrics["precision_reason"].startswith("auto: ")
+    fit = metrics["calibration"]
+    trained_scale = json.loads((out / "release" / release.TRAINING_CONFIG_NAME).read_text())["model"]["logit_scale"]
+    model = ResNet9.from_pretrained(rel)
+    assert model.logit_scale == pytest.approx(trained_scale / fit["temperature"]), "the temperature is folded in"
+    images, labels = sample_split("test")
+    probs = model.probabilities(normalize(images, model.mean, model.std)).numpy()
+    assert calibration.expected_calibration_error(probs, labels) == pytest.approx(metrics["ece"], abs=1e-4)
+    unscaled = calibration.scaled(probs, 1 / fit["temperature"])
+    assert calibration.expected_calibration_error(unscaled, labels) == pytest.approx(fit["ece_before"], abs=1e-4)
+    assert np.array_equal(unscaled.argmax(1), probs.argmax(1)), "calibration keeps every prediction"
+    readme = (rel / "README.md").read_text()
+    assert f"| ECE, 15 bins, before | {fit['ece_before'] * 100:.2f} % |" in readme
+    assert f"| ECE of these weights on all 300 test images | {metrics['ece'] * 100:.2f} % |" in readme
+    assert "](reliability.png)" in readme and "Measured on all 300 images of the test split" in readme
+
+
+def test_a_run_measured_on_part_of_the_test_split_says_so_in_its_model_index(finished):
+    readme = (finished / "release" / "README.md").read_text()
+    meta = card.validate(readme)
+    result = meta["model-index"][0]["results"][0]
+    assert result["dataset"]["split"] == "test[:64]" and result["metrics"][0]["name"] == "Test accuracy (64 images)"
+    assert "Measured on the first 64 of the 300 images of the test split (not the whole split)" in readme
 
 
 def test_the_progress_bar_counts_epochs_from_one(trained):

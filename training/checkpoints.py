@@ -25,7 +25,7 @@ MAY_DIFFER = {
     ("output", "output_dir"), ("output", "resume"), ("output", "push_to_hub"), ("output", "private"),
     ("output", "misclassified"), ("data", "num_workers"), ("hardware", "limit_test_batches"),
     ("hardware", "accelerator"), ("hardware", "devices"), ("hardware", "strategy"), ("hardware", "num_nodes"),
-    ("hardware", "compile"), ("output", "checkpoint_every"),
+    ("hardware", "compile"), ("output", "checkpoint_every"), ("model", "calibrate"),
 }
 
 

@@ -10,27 +10,38 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.tuner import Tuner
 
-from resnet_cifar import ResNet9, card, count_parameters, release
+from resnet_cifar import ResNet9, calibration, card, count_parameters, release
 from resnet_cifar.hub import PublishError, check_repo_id, check_write_access
 
 from . import checkpoints, output_lock, report, speed
 from .config import ConfigError, RunConfig, build_parser, resolve
 from .data import CIFAR10DataModule
-from .module import LitResNet, recalibrate_batchnorm, schedule_of
+from .module import Evaluation, LitResNet, recalibrate_batchnorm, schedule_of
 from .publish import publish
 from .resumable_log import ResumableCSVLogger
 
 RELEASE_DIR = "release"
 LR_FINDER_FILE = "lr_finder.json"
 METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """The temperature fitted after test, and the evaluations before and after it was folded into the model."""
+
+    fit: calibration.Calibration
+    before: Evaluation
+    after: Evaluation
 
 
 class RunError(RuntimeError):
@@ -176,9 +187,54 @@ def check_finite(lit: LitResNet, evaluation_loss: float, lr: float | None) -> No
                        "pushed: lower --max-lr and train again")
 
 
+def resolve_precision(config: RunConfig) -> str:
+    """Settle `--precision auto` to the fastest precision the device computes natively; returns why it is the one."""
+    hw = config.hardware
+    if hw.precision != speed.AUTO_PRECISION:
+        return "given (--precision or the recipe)"
+    hw.precision, reason = speed.fastest_precision(hw.accelerator)
+    return f"auto: {reason}"
+
+
+def earlier_epoch_times(out: Path, saved: dict[str, Any]) -> tuple[list[float], list[int]]:
+    """Epoch timings of a run resumed from a checkpoint written before checkpoints carried them: the run's own
+    metrics.json in its output folder, when it covers exactly the checkpoint's epochs (else none)."""
+    try:
+        earlier = json.loads((out / METRICS_FILE).read_text())
+        seconds, images = list(earlier["epoch_seconds"]), list(earlier.get("epoch_images") or [])
+    except (OSError, ValueError, KeyError, TypeError):
+        return [], []
+    if len(seconds) != int(saved.get("epoch", -1)) + 1:
+        return [], []
+    per_epoch = int(earlier.get("train_images", 0)) // max(1, len(seconds))
+    return [float(x) for x in seconds], [int(n) for n in images] if len(images) == len(seconds) else \
+        [per_epoch] * len(seconds)
+
+
+def calibrate(lit: LitResNet, trainer: L.Trainer, dm: CIFAR10DataModule) -> Calibrated:
+    """Fit a temperature on the test evaluation by two-fold cross-fitting, fold it into the model's logit scale
+    and evaluate again: the release's every figure (and its probabilities) are then those of the calibrated model.
+    """
+    before = lit.evaluation
+    assert before is not None
+    fitted = calibration.cross_fit(before.probabilities, before.labels)
+    scale = lit.model.logit_scale / fitted.temperature
+    lit.model.logit_scale = scale
+    lit.hparams["model_config"]["logit_scale"] = scale
+    trainer.test(lit, datamodule=dm)
+    after = lit.evaluation
+    assert after is not None
+    if not np.array_equal(after.predictions, before.predictions):
+        changed = int((after.predictions != before.predictions).sum())
+        raise RunError(f"calibration changed {changed} predictions: a positive temperature cannot, so the two test "
+                       "passes differ; nothing was released (rerun, or pass --no-calibrate)")
+    return Calibrated(fitted, before, after)
+
+
 def write_release(config: RunConfig, lit: LitResNet, dm: CIFAR10DataModule, trainer: L.Trainer,
-                  lr_data: dict[str, Any] | None, fit_seconds: float) -> Path:
-    """Write the complete release folder atomically from the one test evaluation."""
+                  lr_data: dict[str, Any] | None, metrics: dict[str, Any], calibrated: Calibrated | None) -> Path:
+    """Write the complete release folder atomically from the one (calibrated) test evaluation and the run's
+    measured figures (`metrics`, also written as the release's metrics.json)."""
     evaluation = lit.evaluation
     assert evaluation is not None and dm.test_set is not None
     model = ResNet9(**lit.hparams["model_config"])
@@ -203,7 +259,11 @@ def write_release(config: RunConfig, lit: LitResNet, dm: CIFAR10DataModule, trai
         plots += [curves] if curves else []
         plots.append(report.plot_confusion(report.confusion_matrix(evaluation, model.num_classes), model.class_names,
                                            staging / "confusion_matrix.png"))
+        if calibrated is not None:
+            plots.append(report.plot_reliability(calibrated.before, calibrated.after, calibrated.fit,
+                                                 staging / "reliability.png"))
         plots += report.plot_mistakes(model, mistakes, staging)
+        release.write_json(staging / release.METRICS_NAME, metrics)
         recipe = [("max LR used", f"{lit.max_lr:.4g}" + (f" ({LR_FINDER_RULE})" if lr_data else "")),
                   ("hardware", f"{trainer.num_nodes} node(s) x {trainer.num_devices} "
                                f"{type(trainer.accelerator).__name__}"),
@@ -219,14 +279,46 @@ def write_release(config: RunConfig, lit: LitResNet, dm: CIFAR10DataModule, trai
             repo_id=config.output.push_to_hub,
             class_names=model.class_names,
             test_images=len(evaluation.labels),
-            train_time=f"{fit_seconds / 60:.1f} min for this run's fit ({trainer.global_step} optimizer steps, "
-                       f"{train_images:,} training images)",
+            test_split_images=metrics["test_split_images"],
+            dataset=str(config.data.dataset),
+            train_time=train_time(metrics, train_images),
+            run=metrics,
+            calibration=calibration_rows(metrics, calibrated),
             epochs_table=table,
             plots=plots,
         )
         card.render(info).save(staging / release.CARD_NAME)
 
     return release.write(config.output.output_dir / RELEASE_DIR, fill)
+
+
+def train_time(metrics: dict[str, Any], train_images: int) -> str:
+    """What the card says of the fit: how long, how many steps and images, how fast, on what."""
+    epochs = len(metrics.get("epoch_seconds") or [])
+    seconds = metrics["train_seconds"] if epochs else metrics["fit_seconds"]
+    text = (f"{seconds / 60:.1f} min ({epochs or metrics['epochs']} epochs, {metrics['optimizer_steps']:,} optimizer "
+            f"steps over {train_images:,} training images")
+    if metrics.get("images_per_second"):
+        text += f", {metrics['images_per_second']:,.0f} images/s"
+    return text + f") on {metrics['device']}, {metrics['precision']} ({metrics['precision_reason']})"
+
+
+def calibration_rows(metrics: dict[str, Any], calibrated: Calibrated | None) -> list[tuple[str, str]]:
+    """The card's calibration table: ECE and NLL before and after the temperature, and how it was fitted."""
+    if calibrated is None:
+        return []
+    fit, n = calibrated.fit, metrics["test_images"]
+    t0, t1 = fit.fold_temperatures
+    return [
+        ("temperature (folded into logit_scale)", f"{fit.temperature:.4f} (geometric mean of {t0:.4f} and {t1:.4f}, "
+                                                  f"fitted by NLL on each half of the {n:,} test images)"),
+        ("ECE, 15 bins, before", f"{fit.ece_before * 100:.2f} %"),
+        ("ECE after, cross-fitted (each half scored with the other half's temperature)",
+         f"{fit.ece_after * 100:.2f} %"),
+        (f"ECE of these weights on all {n:,} test images", f"{metrics['ece'] * 100:.2f} %"),
+        ("NLL before / after (cross-fitted) / these weights",
+         f"{fit.nll_before:.4f} / {fit.nll_after:.4f} / {metrics['test_loss']:.4f}"),
+    ]
 
 
 def run(config: RunConfig) -> Path | None:
@@ -244,6 +336,7 @@ def run(config: RunConfig) -> Path | None:
 def pipeline(config: RunConfig) -> Path | None:
     """Find the LR, fit, test, write the release (see run)."""
     out = config.output.output_dir
+    precision_reason = resolve_precision(config)
     resume = resolve_resume(config)
     L.seed_everything(config.seed, workers=True)
     dm = CIFAR10DataModule(config.data, config.augment, seed=config.seed)
@@ -279,20 +372,33 @@ def pipeline(config: RunConfig) -> Path | None:
             seen = recalibrate_batchnorm(lit.model, dm.train_dataloader(), dm.finish_batch)
         print(f"BatchNorm statistics recomputed over {seen:,} training images", flush=True)
     trainer.test(lit, datamodule=dm)
-    if not trainer.is_global_zero:
-        return None
     assert lit.evaluation is not None
     check_finite(lit, lit.evaluation.loss, lit.max_lr)
-    rel = write_release(config, lit, dm, trainer, lr_data, fit_seconds)
+    calibrated = calibrate(lit, trainer, dm) if config.model.calibrate else None
+    if not trainer.is_global_zero:
+        return None
     timer = next(c for c in trainer.callbacks if isinstance(c, speed.EpochTimer))
+    if saved is not None and not timer.seconds:
+        timer.seconds, timer.images = earlier_epoch_times(out, saved)
+        timer.restored = len(timer.seconds)
+    earlier_seconds = sum(timer.seconds[: timer.restored])  # the fit time of the processes before this one
     pace = speed.summary(timer.seconds, timer.images, speed.train_flops_per_image(model_config))
-    (out / METRICS_FILE).write_text(json.dumps({
-        "test_accuracy": lit.evaluation.accuracy, "test_accuracy_tta": lit.evaluation.tta_accuracy,
-        "test_loss": lit.evaluation.loss, "test_images": len(lit.evaluation.labels), "fit_seconds": fit_seconds,
-        "optimizer_steps": trainer.global_step, "epochs": trainer.current_epoch, "max_lr": lit.max_lr,
-        "world_size": trainer.world_size, "device": speed.device_name(trainer.strategy.root_device),
-        "torch": torch.__version__, "precision": str(trainer.precision), **pace,
-    }, indent=2))
+    evaluation = lit.evaluation
+    metrics = {
+        "dataset": str(config.data.dataset), "split": "test", "test_images": len(evaluation.labels),
+        "test_split_images": len(dm.test_set) if dm.test_set is not None else len(evaluation.labels),
+        "test_accuracy": evaluation.accuracy, "test_accuracy_tta": evaluation.tta_accuracy,
+        "test_loss": evaluation.loss,
+        "ece": calibration.expected_calibration_error(evaluation.probabilities, evaluation.labels),
+        "calibration": calibrated.fit.to_dict() if calibrated else None,
+        "fit_seconds": earlier_seconds + fit_seconds, "fit_seconds_this_process": fit_seconds,
+        "resumed_after_epochs": timer.restored, "optimizer_steps": trainer.global_step, "epochs": trainer.current_epoch,
+        "max_lr": lit.max_lr, "world_size": trainer.world_size,
+        "device": speed.device_name(trainer.strategy.root_device), "torch": torch.__version__,
+        "precision": str(trainer.precision), "precision_reason": precision_reason, **pace,
+    }
+    rel = write_release(config, lit, dm, trainer, lr_data, metrics, calibrated)
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     if timer.seconds:
         print(f"trained {len(timer.seconds)} epochs in {pace['train_seconds']:.1f} s "
               f"({pace['images_per_second']:,.0f} images/s)", flush=True)

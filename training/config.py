@@ -140,6 +140,8 @@ class ModelConfig:
     logit_scale: float = setting(1.0, "multiply the logits (0.125 in the DAWNBench ResNet-9)",
                                  between(0, 1000, low_open=True), "a number in (0, 1000]")
     channels_last: bool = setting(True, "channels-last memory format: faster convolutions on CPU and GPU")
+    calibrate: bool = setting(True, "after test, fit a temperature by two-fold cross-fitting on the test split and "
+                                    "fold it into logit_scale, so the released probabilities are calibrated (ECE)")
     recalibrate_bn: bool = setting(True, "after fit, recompute BatchNorm statistics in one pass over the training "
                                          "images: exact for the final weights, where running averages of a short "
                                          "run are not")
@@ -176,7 +178,8 @@ class OptimConfig:
 class HardwareConfig:
     """Lightning's own settings for where and how to run."""
 
-    precision: str = setting("32-true", "e.g. 32-true, bf16-mixed, 16-mixed")
+    precision: str = setting("auto", "e.g. 32-true, bf16-mixed, 16-mixed; auto: bf16-mixed where the device computes "
+                                     "bf16 natively (CPUs with AVX512_BF16 or AMX, bf16 GPUs), else 32-true")
     accelerator: str = setting("auto", "cpu, gpu, auto ...")
     devices: str = setting("auto", "a count, a list or auto", card=False)
     strategy: str = setting("auto", "e.g. ddp", card=False)

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from resnet_cifar import ResNet9, gradcam  # noqa: E402
+from resnet_cifar.calibration import Calibration, expected_calibration_error, reliability  # noqa: E402
 from resnet_cifar.captions import MISTAKE_LEGEND  # noqa: E402
 from resnet_cifar.preprocess import normalize  # noqa: E402
 from resnet_cifar.release import MisclassifiedSet  # noqa: E402
@@ -149,6 +150,29 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path) -
         ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
                 color="white" if value > matrix.max() / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title="Test confusion matrix")
+    return _save(fig, path)
+
+
+def plot_reliability(before: Evaluation, after: Evaluation, fit: Calibration, path: Path) -> str:
+    """Reliability diagrams (15 bins of the top probability) of the test set before and after the temperature:
+    bars at each bin's accuracy against the diagonal of perfect calibration, with the images per bin below."""
+    fig, axes = plt.subplots(2, 2, figsize=(9, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    panels = ((before, f"before: ECE {fit.ece_before * 100:.2f} %"),
+              (after, f"after T = {fit.temperature:.3f}: ECE {expected_calibration_error(after.probabilities, after.labels) * 100:.2f} %"))
+    for column, (evaluation, title) in enumerate(panels):
+        r = reliability(evaluation.probabilities, evaluation.labels)
+        centers, width = (r.edges[:-1] + r.edges[1:]) / 2, r.edges[1] - r.edges[0]
+        top, bottom = axes[0, column], axes[1, column]
+        full = r.counts > 0
+        top.bar(centers[full], r.accuracy[full], width=width * 0.95, color="tab:blue", label="accuracy")
+        top.bar(centers[full], r.confidence[full] - r.accuracy[full], bottom=r.accuracy[full], width=width * 0.95,
+                color="tab:red", alpha=0.35, label="gap to confidence")
+        top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=title)
+        bottom.bar(centers, r.counts, width=width * 0.95, color="gray")
+        bottom.set(yscale="log", xlabel="top probability (confidence)", ylabel="images")
+    axes[0, 0].legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"Reliability on {len(before.labels):,} test images (15 equal-width bins)")
     return _save(fig, path)
 
 

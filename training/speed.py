@@ -7,6 +7,7 @@ reading here waits for the device first.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -30,6 +31,35 @@ def train_flops_per_image(model_config: dict[str, Any] | None = None) -> float:
     return counter.get_total_flops() / len(images)
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute bf16 natively
+AUTO_PRECISION = "auto"
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty where that file does not exist)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def fastest_precision(accelerator: str, flags: set[str] | None = None) -> tuple[str, str]:
+    """The precision `--precision auto` picks for `accelerator`, and why: bf16-mixed where the device computes bf16
+    natively (2x fp32 on this project's AVX512-BF16 CPU, BENCHMARKS.md), else 32-true (emulated bf16 is slower)."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16-mixed", f"{name} computes bf16 natively"
+        return "32-true", f"{name} has no native bf16"
+    if accelerator in ("cpu", "auto"):
+        native = sorted(set(BF16_CPU_FLAGS) & (cpu_flags() if flags is None else flags))
+        if native:
+            return "bf16-mixed", f"this CPU computes bf16 natively ({', '.join(native)})"
+        return "32-true", f"this CPU has no native bf16 (none of {', '.join(BF16_CPU_FLAGS)}), so bf16 would be slower"
+    return "32-true", f"no native bf16 known for --accelerator {accelerator}"
+
+
 def device_name(device: torch.device) -> str:
     """The training device in words (its CUDA name on a GPU)."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
@@ -42,7 +72,9 @@ def synchronize(device: torch.device) -> None:
 
 
 class EpochTimer(L.Callback):
-    """Wall seconds and images of every training epoch this process runs, epoch start to next epoch start.
+    """Wall seconds and images of every training epoch of the run, epoch start to next epoch start.
+
+    Saved in each checkpoint, so a resumed run continues the list of the epochs before it.
 
     An epoch's time therefore holds everything the loop does for it: the steps, the logging, the end-of-epoch
     checkpoint. The first epoch also holds torch.compile's compilation (--compile) and cuDNN's autotuning.
@@ -53,6 +85,8 @@ class EpochTimer(L.Callback):
         self.images: list[int] = []
         self._start: float | None = None
         self._count = 0
+        self._pending: tuple[float, int] | None = None
+        self.restored = 0  # epochs timed by the processes before a resume
 
     def _mark(self, pl_module: L.LightningModule) -> None:
         synchronize(pl_module.device)
@@ -60,7 +94,7 @@ class EpochTimer(L.Callback):
         if self._start is not None:
             self.seconds.append(now - self._start)
             self.images.append(self._count)
-        self._start, self._count = now, 0
+        self._start, self._count, self._pending = now, 0, None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._mark(pl_module)
@@ -73,11 +107,27 @@ class EpochTimer(L.Callback):
         self._mark(pl_module)
         self._start = None
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The epoch-end checkpoint is written after this hook: it then holds this epoch's time as well.
+        synchronize(pl_module.device)
+        self._pending = (time.perf_counter() - self._start, self._count) if self._start is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epochs timed so far (with the one ending now): a resumed run reports the whole run's speed."""
+        pending = [self._pending] if getattr(self, "_pending", None) else []
+        return {"seconds": self.seconds + [s for s, _ in pending], "images": self.images + [n for _, n in pending]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the timings of the epochs an earlier process ran."""
+        self.seconds, self.images = [float(s) for s in state["seconds"]], [int(n) for n in state["images"]]
+        self.restored = len(self.seconds)
+
 
 def summary(seconds: list[float], images: list[int], flops_per_image: float) -> dict[str, Any]:
     """metrics.json's speed figures: per-epoch seconds, their sum, images/s and TFLOP/s over all epochs and over
     the epochs after the first (which pays for compilation and autotuning)."""
-    out: dict[str, Any] = {"epoch_seconds": [round(s, 4) for s in seconds], "train_seconds": sum(seconds),
+    out: dict[str, Any] = {"epoch_seconds": [round(s, 4) for s in seconds], "epoch_images": list(images),
+                           "train_seconds": sum(seconds),
                            "train_images": sum(images), "train_flops_per_image": flops_per_image}
     if seconds and sum(seconds) > 0:
         out["images_per_second"] = sum(images) / sum(seconds)
