@@ -21,7 +21,7 @@ from training.config import AugmentConfig, DataConfig
 from training.data import CIFAR10DataModule, DeviceBatches, stack_samples
 
 FAST = ["--dataset", str(SAMPLE), "--batch-size", "32", "--num-workers", "0", "--optimizer", "sgd",
-        "--max-lr", "0.02", "--augment-on-device", "--data-on-device"]
+        "--max-lr", "0.02", "--augment-on-device", "--data-on-device", "--precision", "32-true"]  # exact comparisons
 
 
 def train(out: Path, *extra: str) -> dict:
