@@ -51,11 +51,15 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = BINS)
     return Reliability(edges, counts, mean_conf, mean_acc)
 
 
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = BINS) -> float:
-    """ECE (a fraction in [0, 1]) over `bins` equal-width bins of the top probability."""
-    r = reliability(probabilities, labels, bins)
+def ece_of(r: Reliability) -> float:
+    """ECE (a fraction in [0, 1]) of a reliability diagram's bins."""
     full = r.counts > 0
     return float((r.counts[full] * np.abs(r.accuracy[full] - r.confidence[full])).sum() / r.counts.sum())
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = BINS) -> float:
+    """ECE (a fraction in [0, 1]) over `bins` equal-width bins of the top probability."""
+    return ece_of(reliability(probabilities, labels, bins))
 
 
 def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -69,22 +73,25 @@ def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
     return np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-30, None))
 
 
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
 def scaled(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """The probabilities the same model gives with its logits divided by `temperature`."""
-    z = log_probabilities(probabilities) / temperature
-    z -= z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+    return _softmax(log_probabilities(probabilities) / temperature)
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """The temperature with the lowest NLL on these images: golden-section search on log T (NLL is convex in 1/T)."""
     _check(probabilities, labels)
+    logits = log_probabilities(probabilities)  # once: the search only divides them
     lo, hi = (math.log(t) for t in TEMPERATURE_RANGE)
     golden = (math.sqrt(5) - 1) / 2
 
     def loss(log_t: float) -> float:
-        return negative_log_likelihood(scaled(probabilities, math.exp(log_t)), labels)
+        return negative_log_likelihood(_softmax(logits / math.exp(log_t)), labels)
 
     a, b = lo + (1 - golden) * (hi - lo), lo + golden * (hi - lo)
     fa, fb = loss(a), loss(b)

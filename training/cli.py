@@ -206,9 +206,9 @@ def earlier_epoch_times(out: Path, saved: dict[str, Any]) -> tuple[list[float], 
         return [], []
     if len(seconds) != int(saved.get("epoch", -1)) + 1:
         return [], []
-    per_epoch = int(earlier.get("train_images", 0)) // max(1, len(seconds))
-    return [float(x) for x in seconds], [int(n) for n in images] if len(images) == len(seconds) else \
-        [per_epoch] * len(seconds)
+    if len(images) != len(seconds):  # metrics.json before epoch_images: every epoch saw the same images
+        images = [int(earlier.get("train_images", 0)) // len(seconds)] * len(seconds)
+    return [float(x) for x in seconds], [int(n) for n in images]
 
 
 def calibrate(lit: LitResNet, trainer: L.Trainer, dm: CIFAR10DataModule) -> Calibrated:

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from resnet_cifar import ResNet9, gradcam  # noqa: E402
-from resnet_cifar.calibration import Calibration, expected_calibration_error, reliability  # noqa: E402
+from resnet_cifar.calibration import Calibration, ece_of, reliability  # noqa: E402
 from resnet_cifar.captions import MISTAKE_LEGEND  # noqa: E402
 from resnet_cifar.preprocess import normalize  # noqa: E402
 from resnet_cifar.release import MisclassifiedSet  # noqa: E402
@@ -157,10 +157,9 @@ def plot_reliability(before: Evaluation, after: Evaluation, fit: Calibration, pa
     """Reliability diagrams (15 bins of the top probability) of the test set before and after the temperature:
     bars at each bin's accuracy against the diagonal of perfect calibration, with the images per bin below."""
     fig, axes = plt.subplots(2, 2, figsize=(9, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    panels = ((before, f"before: ECE {fit.ece_before * 100:.2f} %"),
-              (after, f"after T = {fit.temperature:.3f}: ECE {expected_calibration_error(after.probabilities, after.labels) * 100:.2f} %"))
-    for column, (evaluation, title) in enumerate(panels):
+    for column, (evaluation, name) in enumerate(((before, "before"), (after, f"after T = {fit.temperature:.3f}"))):
         r = reliability(evaluation.probabilities, evaluation.labels)
+        title = f"{name}: ECE {ece_of(r) * 100:.2f} %"
         centers, width = (r.edges[:-1] + r.edges[1:]) / 2, r.edges[1] - r.edges[0]
         top, bottom = axes[0, column], axes[1, column]
         full = r.counts > 0

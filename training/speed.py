@@ -114,7 +114,7 @@ class EpochTimer(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The epochs timed so far (with the one ending now): a resumed run reports the whole run's speed."""
-        pending = [self._pending] if getattr(self, "_pending", None) else []
+        pending = [self._pending] if self._pending else []
         return {"seconds": self.seconds + [s for s, _ in pending], "images": self.images + [n for _, n in pending]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
