@@ -10,7 +10,8 @@ the same pieces, so that the difference in time is the training loop itself:
 - the optimizer and the One Cycle schedule of training.module (stepped every batch), cross-entropy with the
   recipe's label smoothing, under torch.autocast(bfloat16 / float16) for the bf16-mixed / 16-mixed precisions
   (what Lightning's precision plugin does; 16-mixed also scales the loss);
-- the per-epoch training loss and accuracy accumulated on the device every step (what LitResNet logs);
+- the per-epoch training loss and accuracy accumulated on the device every step (what LitResNet logs), and every
+  step's loss (`step_losses`, for comparing precisions step by step);
 - after the epochs, BatchNorm statistics recomputed (training.module.recalibrate_batchnorm) and the test split
   evaluated in fp32, plain and with the flip.
 Not done: the LR finder (give --max-lr, or a recipe that sets it), checkpoints, CSV logs, the progress bar.
@@ -103,6 +104,7 @@ def train(config: RunConfig) -> dict[str, Any]:
     seconds: list[float] = []
     images: list[int] = []
     epochs: list[dict[str, float]] = []
+    step_losses: list[torch.Tensor] = []  # every step's loss, kept on the device (no sync per step)
     start = time.perf_counter()
     speed.synchronize(device)
     for epoch in range(config.optim.epochs):
@@ -126,6 +128,7 @@ def train(config: RunConfig) -> dict[str, Any]:
             scaler.update()
             schedule.step()
             loss_sum += loss.detach() * len(y)
+            step_losses.append(loss.detach().float())
             right += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
         speed.synchronize(device)
@@ -142,7 +145,7 @@ def train(config: RunConfig) -> dict[str, Any]:
             "torch": torch.__version__, "precision": config.hardware.precision, "seed": config.seed,
             "test_accuracy": accuracy, "test_accuracy_tta": tta, "test_images": len(dm.test_set.labels),
             "optimizer_steps": steps_per_epoch * config.optim.epochs, "loop_seconds": train_seconds,
-            "epochs_logged": epochs,
+            "epochs_logged": epochs, "step_losses": [float(x) for x in step_losses],
             **speed.summary(seconds, images, speed.train_flops_per_image(model_config))}
 
 
