@@ -80,6 +80,15 @@ def explain(
     if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or len(batch) == 0:
         shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
         raise ValueError(f"batch must be a non-empty N x C x H x W tensor, got {shape}")
+    weight = next(model.parameters())
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is not None and batch.shape[1] != conv.in_channels:
+        raise ValueError(f"batch must have {conv.in_channels} channels (a normalized RGB batch, N x "
+                         f"{conv.in_channels} x H x W), got {batch.shape[1]}: convert grey images to RGB first")
+    if not batch.is_floating_point():
+        raise ValueError(f"batch must be a normalized float tensor, got {str(batch.dtype).removeprefix('torch.')} "
+                         "(use model.preprocess or resnet_cifar.preprocess)")
+    batch = batch.to(device=weight.device, dtype=weight.dtype)  # a bf16 or float64 batch, in the model's dtype
     num_classes = getattr(model, "num_classes", None) or model(batch[:1]).shape[1]
     target = _targets(targets, batch.shape[0], num_classes)
     logits: list[torch.Tensor] = []
@@ -133,9 +142,15 @@ def overlay(image: np.ndarray | Image.Image, heatmap: np.ndarray | torch.Tensor,
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         got = f"{image.dtype} {tuple(image.shape)}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ValueError(f"image must be an HxWx3 uint8 array or a PIL image, got {got}")
+    if 0 in image.shape[:2]:
+        raise ValueError(f"image is empty ({image.shape[0]}x{image.shape[1]}); give an image of at least 1x1 pixel")
+    if isinstance(heatmap, torch.Tensor):
+        heatmap = heatmap.detach().float().cpu().numpy()
     heat = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))
-    if heat.ndim != 2:
-        raise ValueError(f"heatmap must be HxW, got shape {tuple(heat.shape)}")
+    if heat.ndim != 2 or heat.numel() == 0:
+        raise ValueError(f"heatmap must be a non-empty HxW map, got shape {tuple(heat.shape)}")
+    if not torch.isfinite(heat).all():
+        raise ValueError("heatmap holds NaN or infinite values; a Grad-CAM map is finite, in [0, 1]")
     if tuple(heat.shape) != image.shape[:2]:
         heat = F.interpolate(heat[None, None], size=image.shape[:2], mode="bilinear", align_corners=False)[0, 0]
     colours = jet(heat.numpy()).astype(np.float32)

@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
@@ -191,6 +190,11 @@ class ResNet9(
             self.train(was_training)
         return probs
 
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's safetensors weights file, but a failed write (a full disk) is an OSError naming the file."""
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        release.save_tensors(state, Path(save_directory) / WEIGHTS_NAME, metadata={"format": "pt"}, framework="torch")
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "ResNet9":
         """Load a release from a Hub repo id (optionally at `revision`) or a local folder, strictly.
@@ -249,7 +253,7 @@ class ResNet9(
             local_files_only=local_files_only, token=token,
         )
         model = cls(**model_kwargs)
-        state = safetensors.torch.load_file(weights_file, device="cpu")
+        state = release.load_tensors(weights_file, f"{WEIGHTS_NAME} of {model_id!r}", framework="torch")
         _check_state_dict(model, state, model_id, strict)
         model.load_state_dict(state, strict=strict)
         return model.to(map_location).eval()
@@ -297,6 +301,10 @@ def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], model_id
     if not_finite:
         raise ValueError(f"{WEIGHTS_NAME} of {model_id!r} holds NaN or infinite values in {not_finite[:5]}; "
                          "such weights predict nothing: retrain or re-save a finite model")
+    negative = [k for k in common if k.endswith("running_var") and bool((state[k] < 0).any())]
+    if negative:
+        raise ValueError(f"{WEIGHTS_NAME} of {model_id!r} has negative BatchNorm variances in {negative[:5]}; a "
+                         "variance is >= 0 (the model would predict NaN): retrain or re-save the model")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,8 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import safetensors.numpy
+import safetensors.torch
+from safetensors import SafetensorError
 from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import RemoteEntryNotFoundError
+
+from .errors import first_line
 
 if TYPE_CHECKING:
     from .model import ResNet9
@@ -95,6 +99,36 @@ def read_bytes(folder: str | Path, name: str) -> bytes:
         return f.read()
 
 
+def load_tensors(path: str | Path, what: str, framework: str = "numpy") -> dict[str, Any]:
+    """The tensors of a safetensors file (never pickle), as numpy arrays or torch tensors on the CPU.
+
+    A file that is not safetensors (truncated, a zip or pickle renamed, a header that lies about its sizes,
+    offsets, dtypes or shapes) is one ReleaseError naming the file, not the parser's bare error.
+    """
+    try:
+        if framework == "torch":
+            return safetensors.torch.load_file(str(path), device="cpu")
+        return safetensors.numpy.load_file(str(path))
+    except (SafetensorError, TypeError) as err:
+        reason = first_line(err)
+        raise ReleaseError(f"{what} ({path}) is not a readable safetensors file ({reason}); it is truncated, "
+                           "corrupt or another format: download it again or re-save it with save_pretrained()"
+                           ) from None
+
+
+def save_tensors(tensors: Mapping[str, Any], path: str | Path, metadata: Mapping[str, str] | None = None,
+                 framework: str = "numpy") -> None:
+    """Write a safetensors file; a failed write (a full disk, a read-only folder) is an OSError naming the file."""
+    try:
+        if framework == "torch":
+            safetensors.torch.save_file(dict(tensors), str(path), metadata=dict(metadata or {}))
+        else:
+            safetensors.numpy.save_file(dict(tensors), str(path), metadata=dict(metadata or {}))
+    except SafetensorError as err:
+        reason = first_line(err)
+        raise OSError(f"cannot write {path}: {reason} (is the disk full or the folder read-only?)") from None
+
+
 def is_local(source: str | Path) -> bool:
     """Whether a source names a local folder rather than a Hub repo id."""
     return os.path.isdir(source)
@@ -122,11 +156,18 @@ def read_json(path: str | Path, what: str) -> dict[str, Any]:
     size = os.path.getsize(path)
     if size > MAX_CONFIG_BYTES:
         raise ReleaseError(f"{what} is {size:,} bytes; a release's JSON files are at most {MAX_CONFIG_BYTES:,}")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise ReleaseError(f"{what} starts with a UTF-8 byte-order mark, which JSON does not allow (RFC 8259, "
+                           "section 8.1) and the Hub's loaders refuse: save it as UTF-8 without the mark")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f, parse_constant=_no_constants)
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ReleaseError(f"{what} is not valid JSON: {err}") from err
+        raise ReleaseError(f"{what} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ReleaseError(f"{what} is nested too deeply to be a release config; a config is one flat JSON "
+                           "object of a few keys") from None
     except ReleaseError as err:  # NaN or Infinity
         raise ReleaseError(f"{what}: {err}") from None
     if not isinstance(data, dict):
@@ -159,6 +200,22 @@ class MisclassifiedSet:
             value = getattr(self, name)
             if value.shape != (n,):
                 raise ValueError(f"{name} must have shape ({n},) to match {n} images, got {value.shape}")
+        for name in ("true_labels", "predicted_labels"):
+            value = getattr(self, name)
+            if not np.issubdtype(value.dtype, np.integer) or (n and value.min() < 0):
+                raise ValueError(f"{name} must be class ids (whole numbers >= 0), got {value.dtype} "
+                                 f"{value.min() if n else ''}".rstrip())
+        probs = self.probabilities
+        if not np.issubdtype(probs.dtype, np.floating) or not np.all((probs >= 0) & (probs <= 1)):
+            raise ValueError("probabilities must be numbers in [0, 1] (no NaN), one per image")
+
+    def check_classes(self, num_classes: int, where: str) -> None:
+        """Refuse class ids the model does not have (ValueError naming `where`)."""
+        for name in ("true_labels", "predicted_labels"):
+            value = getattr(self, name)
+            if len(value) and value.max() >= num_classes:
+                raise ReleaseError(f"{where}: {name} holds class {int(value.max())}, but the model has "
+                                   f"{num_classes} classes (0 to {num_classes - 1})")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -181,23 +238,27 @@ def save_misclassified(folder: str | Path, misclassified: MisclassifiedSet) -> P
         "predicted_labels": np.ascontiguousarray(misclassified.predicted_labels, dtype=np.int64),
         "probabilities": np.ascontiguousarray(misclassified.probabilities, dtype=np.float32),
     }
-    safetensors.numpy.save_file(tensors, str(path), metadata={"format": "resnet-cifar.misclassified.v1"})
+    save_tensors(tensors, path, metadata={"format": "resnet-cifar.misclassified.v1"})
     return path
 
 
-def load_misclassified(source: str | Path, revision: str | None = None, **download_kwargs: Any) -> MisclassifiedSet:
-    """Load the misclassified set of a release: a local folder or a Hub repo id (at `revision`)."""
+def load_misclassified(source: str | Path, revision: str | None = None, num_classes: int | None = None,
+                       **download_kwargs: Any) -> MisclassifiedSet:
+    """Load the misclassified set of a release: a local folder or a Hub repo id (at `revision`), checked (shapes,
+    class ids, and with `num_classes` that every id is one of the model's classes); ReleaseError names the file."""
     path = locate(source, MISCLASSIFIED_NAME, revision, **download_kwargs)
-    data = safetensors.numpy.load_file(path)
+    data = load_tensors(path, f"{MISCLASSIFIED_NAME} of {source!r}")
     missing = {"images", "true_labels", "predicted_labels", "probabilities"} - set(data)
     if missing:
         raise ReleaseError(f"{path} lacks {sorted(missing)}; it was not written by save_misclassified")
-    return MisclassifiedSet(
-        images=data["images"],
-        true_labels=data["true_labels"],
-        predicted_labels=data["predicted_labels"],
-        probabilities=data["probabilities"],
-    )
+    try:
+        found = MisclassifiedSet(images=data["images"], true_labels=data["true_labels"],
+                                 predicted_labels=data["predicted_labels"], probabilities=data["probabilities"])
+    except ValueError as err:
+        raise ReleaseError(f"{MISCLASSIFIED_NAME} of {source!r}: {err}") from None
+    if num_classes is not None:
+        found.check_classes(num_classes, f"{MISCLASSIFIED_NAME} of {source!r}")
+    return found
 
 
 # ---------------------------------------------------------------- writing a release
@@ -268,7 +329,7 @@ def read(source: str | Path, revision: str | None = None, **download_kwargs: Any
     source = str(source)
     model = ResNet9.from_pretrained(source, revision=revision, **download_kwargs)
     try:
-        misclassified = load_misclassified(source, revision, **download_kwargs)
+        misclassified = load_misclassified(source, revision, num_classes=model.num_classes, **download_kwargs)
     except FileNotFoundError:
         misclassified = None
     try:

@@ -46,6 +46,26 @@ def test_batch_must_be_4d(model):
         explain(model, torch.zeros(3, 32, 32))
 
 
+def test_a_bf16_or_float64_batch_is_explained_in_the_models_dtype(model, batch):
+    """preprocess accepts bf16 input; the maps are those of the same images in fp32 (up to bf16 rounding)."""
+    reference = explain(model, batch)
+    for dtype, tolerance in ((torch.bfloat16, 0.15), (torch.float64, 1e-5)):
+        maps = explain(model, batch.to(dtype))
+        assert_maps(maps, 3)
+        assert (maps - reference).abs().max() < tolerance, dtype
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_a_batch_with_other_than_three_channels_is_refused_clearly(model, channels):
+    with pytest.raises(ValueError, match=f"batch must have 3 channels .* got {channels}: convert grey images to RGB"):
+        explain(model, torch.zeros(2, channels, 32, 32))
+
+
+def test_an_integer_batch_is_refused_clearly(model):
+    with pytest.raises(ValueError, match="batch must be a normalized float tensor, got uint8"):
+        explain(model, torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+
+
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
 def test_works_under_no_grad_and_inference_mode(model, batch, context):
     expected = explain(model, batch)
@@ -262,7 +282,10 @@ def test_overlay_refuses_bad_opacity(picture, opacity):
     [
         (np.zeros((8, 8), np.uint8), np.zeros((8, 8)), "HxWx3 uint8"),
         (np.zeros((8, 8, 3), np.float32), np.zeros((8, 8)), "HxWx3 uint8"),
-        (np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 8)), "heatmap must be HxW"),
+        (np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 8)), "heatmap must be a non-empty HxW map"),
+        (np.zeros((8, 8, 3), np.uint8), np.zeros((0, 0)), r"heatmap must be a non-empty HxW map, got shape \(0, 0\)"),
+        (np.zeros((0, 0, 3), np.uint8), np.zeros((8, 8)), r"image is empty \(0x0\)"),
+        (np.zeros((8, 8, 3), np.uint8), np.full((8, 8), np.nan), "heatmap holds NaN or infinite values"),
         ([[0, 0, 0]], np.zeros((8, 8)), "HxWx3 uint8 array or a PIL image, got list"),
     ],
 )

@@ -220,3 +220,141 @@ def test_read_a_hub_repo_without_optional_files(tmp_path, fake_hub):
     assert loaded.misclassified is None and loaded.test_accuracy is None
     assert loaded.hub_id == "someone/bare" and loaded.url == "https://huggingface.co/someone/bare/tree/v1"
     assert {c["filename"] for c in fake_hub.calls} >= {"model.safetensors", MISCLASSIFIED_NAME, "README.md"}
+
+
+# ---------------------------------------------------------------- hostile and broken release files
+
+
+def safetensors_header(header: dict, body: bytes = b"") -> bytes:
+    import json
+    import struct
+
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + body
+
+
+def malformed(kind: str, good: bytes) -> bytes:
+    """A file that is not a valid safetensors file, in one of the ways the review tried."""
+    import io
+    import pickle
+    import struct
+    import zipfile
+
+    f32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+    if kind == "truncated":
+        return good[:1000]
+    if kind == "empty":
+        return b""
+    if kind == "header too large":
+        return struct.pack("<Q", 10 ** 12) + b"{}"
+    if kind == "not json":
+        return struct.pack("<Q", 5) + b"hello"
+    if kind == "overlapping offsets":
+        return safetensors_header({"a": f32, "b": {**f32, "data_offsets": [4, 12]}}, b"\0" * 12)
+    if kind == "offsets out of range":
+        return safetensors_header({"a": {**f32, "data_offsets": [0, 800]}}, b"\0" * 8)
+    if kind == "unknown dtype":
+        return safetensors_header({"a": {**f32, "dtype": "Q99"}}, b"\0" * 8)
+    if kind == "negative shape":
+        return safetensors_header({"a": {**f32, "shape": [-2]}}, b"\0" * 8)
+    if kind == "a pickle":
+        return pickle.dumps({"weights": [1.0, 2.0]})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("archive/data.pkl", b"x")
+    return buffer.getvalue()
+
+
+MALFORMED = ["truncated", "empty", "header too large", "not json", "overlapping offsets", "offsets out of range",
+             "unknown dtype", "negative shape", "a pickle", "a zip"]
+
+
+@pytest.mark.parametrize("kind", MALFORMED)
+def test_malformed_weights_are_one_error_naming_the_file(tmp_path, kind):
+    from resnet_cifar import ResNet9
+
+    folder = make_release(tmp_path / "r")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(malformed(kind, weights.read_bytes()))
+    with pytest.raises(ReleaseError) as err:
+        ResNet9.from_pretrained(folder)
+    message = str(err.value)
+    assert message.startswith(f"model.safetensors of {str(folder)!r} ({weights}) is not a readable safetensors file")
+    assert "download it again or re-save it with save_pretrained()" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("kind", MALFORMED)
+def test_a_malformed_misclassified_set_is_one_error_naming_the_file(tmp_path, kind):
+    folder = make_release(tmp_path / "r")
+    path = folder / MISCLASSIFIED_NAME
+    path.write_bytes(malformed(kind, path.read_bytes()))
+    with pytest.raises(ReleaseError, match=rf"^misclassified.safetensors of .* is not a readable safetensors file"):
+        release.read(folder)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"true_labels": np.array([0, 99, 1, 2, 3])}, r"true_labels holds class 99, but the model has 10 classes \(0 to 9\)"),
+    ({"predicted_labels": np.array([0, -5, 1, 2, 3])}, "predicted_labels must be class ids .*>= 0.*-5"),
+    ({"probabilities": np.array([0.5, np.nan, 0.2, 0.3, 0.9], np.float32)}, r"probabilities must be numbers in \[0, 1\]"),
+    ({"probabilities": np.array([0.5, 1.5, 0.2, 0.3, 0.9], np.float32)}, r"probabilities must be numbers in \[0, 1\]"),
+])
+def test_a_misclassified_set_with_impossible_values_is_refused_when_read(tmp_path, change, words):
+    folder = make_release(tmp_path / "r", misclassified=False)
+    good = vars(sample())
+    tensors = {k: np.ascontiguousarray(v) for k, v in (good | change).items()}
+    safetensors.numpy.save_file(tensors, str(folder / MISCLASSIFIED_NAME))
+    with pytest.raises(ReleaseError, match=words):
+        release.read(folder)
+
+
+def test_negative_batchnorm_variances_are_refused_when_read(tmp_path):
+    import safetensors.torch
+
+    from resnet_cifar import ResNet9
+
+    folder = make_release(tmp_path / "r", misclassified=False)
+    state = safetensors.torch.load_file(str(folder / "model.safetensors"))
+    state["layer1.conv.2.running_var"][3] = -1.0
+    safetensors.torch.save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"negative BatchNorm variances in \['layer1.conv.2.running_var'\]"):
+        ResNet9.from_pretrained(folder)
+
+
+def test_a_config_with_a_byte_order_mark_is_refused_saying_what_to_send(tmp_path):
+    from resnet_cifar import ResNet9
+
+    folder = make_release(tmp_path / "r", misclassified=False)
+    config = folder / "config.json"
+    config.write_bytes(b"\xef\xbb\xbf" + config.read_bytes())
+    with pytest.raises(ReleaseError, match="starts with a UTF-8 byte-order mark.*save it as UTF-8 without the mark"):
+        ResNet9.from_pretrained(folder)
+
+
+def test_a_deeply_nested_config_is_refused_not_a_recursion_error(tmp_path):
+    from resnet_cifar import ResNet9
+
+    folder = make_release(tmp_path / "r", misclassified=False)
+    (folder / "config.json").write_text('{"num_classes": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ReleaseError, match="nested too deeply to be a release config"):
+        ResNet9.from_pretrained(folder)
+
+
+def test_a_weights_write_on_a_full_disk_is_an_os_error_naming_the_file(tmp_path):
+    """RLIMIT_FSIZE makes the write fail as a full disk does (EFBIG, 'File too large'), in a child process."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+        "from resnet_cifar import ResNet9\n"
+        "try:\n"
+        f"    ResNet9().save_pretrained({str(tmp_path / 'out')!r})\n"
+        "except OSError as err:\n"
+        "    print(type(err).__name__, err)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"OSError cannot write {tmp_path / 'out' / 'model.safetensors'}: "), done.stdout
+    assert "(is the disk full or the folder read-only?)" in done.stdout
