@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
+from .errors import first_line
+
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
     """Network errors of the HTTP client huggingface_hub uses (httpx in 1.x, httpx2 in 2.x)."""
@@ -24,7 +26,12 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 NETWORK_ERRORS = (HfHubHTTPError, OSError, ValueError, *_transport_errors())
 _TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{8,}")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")  # fullmatch: no "\n"
+
+
+# Owners that stand for "your account" in docs and templates: an id with one of them was copied, not filled in.
+PLACEHOLDER_OWNERS = {"owner", "user", "username", "your-username", "your-user", "your-name", "yourname",
+                      "your-org", "namespace", "hf-user"}
 
 
 class PublishError(RuntimeError):
@@ -33,8 +40,11 @@ class PublishError(RuntimeError):
 
 def check_repo_id(repo_id: str, what: str = "--push-to-hub") -> str:
     """Refuse anything that is not 'owner/name' before any work is done (ValueError naming `what`)."""
-    if not _REPO_ID.match(repo_id or "") or ".." in repo_id or repo_id.endswith((".git", "-", ".")):
+    if not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id) or ".." in repo_id or repo_id.endswith((".git", "-", ".")):
         raise ValueError(f"{what} must be 'owner/name' (letters, digits, '-', '_', '.'), got {repo_id!r}")
+    if repo_id.split("/")[0].lower() in PLACEHOLDER_OWNERS:
+        raise ValueError(f"{what} {repo_id!r} is the placeholder from the docs; give your own Hub repo id, your user "
+                         "or organization name first (e.g. 'alice/resnet9-cifar10')")
     return repo_id
 
 
@@ -48,7 +58,7 @@ def redact(text: str, token: str | None = None) -> str:
 
 def one_line(err: BaseException, token: str | None = None) -> str:
     """An exception as one line without the request (headers carry the token) or the token itself."""
-    return redact(str(err).splitlines()[0] if str(err) else type(err).__name__, token)
+    return redact(first_line(err), token)
 
 
 def check_write_access(repo_id: str, token: str | None = None) -> str:

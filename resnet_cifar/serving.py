@@ -7,6 +7,7 @@ gradio's URL scheme and its file payload ({"path": ..., "meta": {"_type": "gradi
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import ctypes
 import hashlib
@@ -30,7 +31,7 @@ import torch
 from PIL import Image
 
 from .gradcam import explain
-from .model import ResNet9
+from .model import ResNet9, short
 from .preprocess import load_image
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,9 @@ class UploadFolder:
     It lives under `root` as a folder named by the process id. At start, the folders of processes that are
     gone (a crash, a restart) are removed with everything in them, aborted uploads included; while serving,
     `sweep()` (run every `sweep_every_s` by `start()`) deletes files older than `max_age_s`, then the oldest
-    until at most `max_bytes` remain.
+    until at most `max_bytes` remain. ApiGate also sweeps around every upload request: before it, to make room
+    for the bytes it announces, and after it, whether it finished or was cut off, so the folder stays within
+    `max_bytes` between scheduled sweeps too.
     """
 
     def __init__(self, root: str | Path | None = None, max_age_s: float = 3600, max_bytes: int = 1 << 30,
@@ -177,6 +180,7 @@ class UploadFolder:
         shutil.rmtree(self.path, ignore_errors=True)
         self.path.mkdir(mode=0o700)
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # the sweeper thread and the gate's sweeps around uploads
 
     def _remove_stale(self) -> list[str]:
         stale = [p for p in self.root.iterdir() if p.is_dir() and p.name.isdigit() and not _alive(int(p.name))]
@@ -184,9 +188,13 @@ class UploadFolder:
             shutil.rmtree(folder, ignore_errors=True)
         return [p.name for p in stale]
 
-    def sweep(self, now: float | None = None) -> int:
-        """Delete files past their age, then the oldest over the byte budget; returns how many went."""
-        now = time.time() if now is None else now
+    def sweep(self, now: float | None = None, reserve: int = 0) -> int:
+        """Delete files past their age, then the oldest until at most `max_bytes - reserve` remain (room for an
+        upload of `reserve` bytes); returns how many went."""
+        with self._lock:
+            return self._sweep(time.time() if now is None else now, max(0, reserve))
+
+    def _sweep(self, now: float, reserve: int) -> int:
         entries = []
         for dirpath, _, names in os.walk(self.path):
             for name in names:
@@ -199,7 +207,7 @@ class UploadFolder:
         entries.sort()
         total, removed = sum(size for _, size, _ in entries), 0
         for mtime, size, path in entries:
-            if now - mtime <= self.max_age_s and total <= self.max_bytes:
+            if now - mtime <= self.max_age_s and total + reserve <= self.max_bytes:
                 break
             try:
                 os.remove(path)
@@ -268,6 +276,7 @@ class Param:
     name: str
     file: bool = False
     required: bool = False
+    choices: int | None = None  # an index into this many choices (a gallery of examples): 0 to choices - 1
 
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
@@ -290,6 +299,10 @@ class ApiGate:
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]],
                        send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope.get("type") == "http" and scope.get("method") == "POST" and \
+                scope.get("path", "").rstrip("/") == f"{self.prefix}/upload":
+            await self._upload(scope, receive, send)
+            return
         route = self._route(scope)
         if route is None:
             await self.app(scope, receive, send)
@@ -314,6 +327,19 @@ class ApiGate:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _upload(self, scope: dict, receive: Callable[[], Awaitable[dict]],
+                      send: Callable[[dict], Awaitable[None]]) -> None:
+        """An upload: room made for its announced size first, the budget enforced again once it is over (a
+        finished upload, or the partial file of one cut off)."""
+        headers = dict(scope.get("headers") or [])
+        announced = headers.get(b"content-length", b"")
+        reserve = int(announced) if announced.isdigit() else 0
+        await asyncio.to_thread(self.uploads.sweep, None, min(reserve, self.uploads.max_bytes))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            await asyncio.to_thread(self.uploads.sweep)
 
     def _route(self, scope: dict) -> tuple[str, str] | None:
         """(kind, endpoint name) of a request this gate checks, None for everything else.
@@ -350,6 +376,9 @@ class ApiGate:
             request = json.loads(body or b"null")
         except (UnicodeDecodeError, json.JSONDecodeError):
             request = None
+        except RecursionError:  # gradio's own parse would answer 500
+            return 422, ('request body nested too deeply; send a JSON object {"data": [...]} with the endpoint\'s '
+                         "arguments in order"), None
         by_index = kind == "join" or (kind == "run" and isinstance(request, dict) and "fn_index" in request)
         if not by_index and name not in self.endpoints:
             shown = name[:40] + ("..." if len(name) > 40 else "")
@@ -388,7 +417,13 @@ class ApiGate:
         return None
 
     def _check_value(self, param: Param, value: Any) -> tuple[int, str, str | None] | None:
-        """An image argument must be an upload of this server (or None where none is required)."""
+        """An image argument must be an upload of this server (or None where none is required); an index must be
+        one of its choices."""
+        if param.choices is not None:
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < param.choices:
+                return None
+            return (422, f"send the number of one of the {param.choices} choices, from 0 to {param.choices - 1}, "
+                         f"got {short(value)}", param.name)
         if not param.file or (value is None and not param.required):
             return None
         if is_file_payload(value) and self.uploads.contains(value["path"]):

@@ -22,7 +22,8 @@ from starlette.middleware import Middleware
 
 from resnet_cifar import captions, release
 from resnet_cifar.gradcam import LAYER_DESCRIPTIONS, LAYERS
-from resnet_cifar.model import short
+from resnet_cifar.hub import NETWORK_ERRORS
+from resnet_cifar.errors import first_line
 from resnet_cifar.service import RUNNER_UP, LastRequests, Service
 from resnet_cifar.serving import ApiGate, Param, UploadFolder, return_freed_memory, save_image
 
@@ -45,6 +46,8 @@ class Settings:
     default_layer: str = "layer3"
     default_opacity: float = 0.5
     max_file_size: str = "10mb"
+    # Uploads and generated images on disk, all visitors together: kept at every upload (oldest files go first).
+    upload_budget_mb: int = 1024
     queue_size: int = 64
     concurrency: int = 2  # model threads, each with its own replica: a free Space has 2 vCPUs
     # Requests in progress at once: more than the model threads, so that a request waiting on a large decode
@@ -68,7 +71,7 @@ def refusals_as_errors(handler):
             images, outcome = len(result) if isinstance(result, list) else 1, ""
             return result
         except (ValueError, TypeError) as err:
-            raise gr.Error(short(str(err).splitlines()[0], 400), print_exception=False) from None
+            raise gr.Error(first_line(err, 400), print_exception=False) from None
         finally:
             log.info("server time /%s images=%d %.1f ms%s", handler.__name__, images,
                      (time.perf_counter() - start) * 1000, outcome)
@@ -256,8 +259,13 @@ def api_gate(demo: gr.Blocks, space: Space) -> Middleware:
 
     endpoints = {name: [Param(a, file=a in IMAGE_ARGUMENTS, required=IMAGE_ARGUMENTS.get(a, False))
                         for a in inputs] for name, (inputs, _) in API.items()}
-    page = {fn._id: [Param(str(c.label or type(c).__name__), file=isinstance(c, gr.Image)) for c in fn.inputs]
-            for fn in demo.fns.values()}
+    def param(component: gr.components.Component) -> Param:
+        name = str(component.label or type(component).__name__)
+        if isinstance(component, gr.Dataset):  # the examples: an index into them
+            return Param(name, choices=len(component.raw_samples))
+        return Param(name, file=isinstance(component, gr.Image))
+
+    page = {fn._id: [param(c) for c in fn.inputs] for fn in demo.fns.values()}
     functions = {index: endpoints.get(fn.api_name, page[index]) for index, fn in demo.fns.items()}
     return Middleware(ApiGate, endpoints=endpoints, functions=functions, uploads=space.uploads)
 
@@ -288,11 +296,17 @@ def main() -> None:
         logging.getLogger(name).setLevel(os.environ.get("SPACE_LOG_LEVEL", "INFO"))
     torch.set_num_threads(int(os.environ.get("SPACE_TORCH_THREADS", SETTINGS.torch_threads)))
     return_freed_memory()
-    uploads = UploadFolder(os.environ.get("SPACE_TEMP_DIR") or None)
+    budget = int(os.environ.get("SPACE_UPLOAD_BUDGET_MB") or SETTINGS.upload_budget_mb)
+    uploads = UploadFolder(os.environ.get("SPACE_TEMP_DIR") or None, max_bytes=budget << 20)
     os.environ["GRADIO_TEMP_DIR"] = str(uploads.path)  # before any component exists: they read it at creation
     uploads.start()
     source, revision = model_source()
-    space = Space(release.read(source, revision=revision), uploads)
+    try:
+        loaded = release.read(source, revision=revision)
+    except NETWORK_ERRORS as err:  # a missing or malformed release, an unreachable Hub: one line, no traceback
+        uploads.close()
+        raise SystemExit(f"cannot serve {source}: {first_line(err, 500)}") from None
+    space = Space(loaded, uploads)
     log.info("serving %s (%d misclassified images, uploads in %s, removed %d stale folders)", source,
              space.num_misclassified, uploads.path, len(uploads.removed_stale))
     demo = build_demo(space)

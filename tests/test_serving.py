@@ -124,7 +124,9 @@ def test_only_regular_files_inside_the_folder_count_as_uploads(uploads, tmp_path
 
 ENDPOINTS = {"classify": [Param("image", file=True, required=True), Param("top_k")],
              "gradcam": [Param("image_or_none", file=True), Param("count")]}
-FUNCTIONS = {0: [Param("index")], 1: ENDPOINTS["classify"], 2: [Param("Your image", file=True), Param("k")]}
+FUNCTIONS = {0: [Param("index")], 1: ENDPOINTS["classify"], 2: [Param("Your image", file=True), Param("k")],
+             3: [Param("Dataset", choices=10)]}
+DEEP = b'{"data": [' + b"[" * 5000 + b"]" * 5000 + b"], \"fn_index\": 0}"
 
 
 def asgi_post(gate: ApiGate, path: str, body: bytes) -> tuple[int, dict | None, list[bytes]]:
@@ -173,6 +175,8 @@ def test_good_calls_reach_the_app_whole(gate, uploads):
                           ("/gradio_api/queue/join", body(None, 3, fn_index=2, session_hash="s")),
                           ("/gradio_api/run/classify", body(good, 3)),
                           ("/gradio_api/run/predict", body(7, fn_index=0, session_hash="s")),
+                          ("/gradio_api/queue/join", body(0, fn_index=3, session_hash="s")),
+                          ("/gradio_api/queue/join", body(9, fn_index=3, session_hash="s")),
                           ("/gradio_api/api/classify", body(good, 3)),
                           ("/gradio_api/call/v2/classify", json.dumps({"image": good, "top_k": 3}).encode()),
                           ("/gradio_api/call/v2/gradcam", json.dumps({"image_or_none": None, "count": 3}).encode())]:
@@ -208,6 +212,13 @@ def test_good_calls_reach_the_app_whole(gate, uploads):
     ("/gradio_api/call/v2/classify", json.dumps({"top_k": 3}).encode(), 422,
      "send a JSON object with exactly the arguments image, top_k"),
     ("/gradio_api/call/v2/nope", b"{}", 404, "unknown endpoint /nope"),
+    # The page's example gallery: an index into its 10 examples, nothing else (gradio answered 500, or the last
+    # example for -1).
+    *[("/gradio_api/queue/join", body(bad, fn_index=3, session_hash="s"), 422,
+       r"Dataset: send the number of one of the 10 choices, from 0 to 9, got " + re.escape(repr(bad)))
+      for bad in (10, -1, "3", None, True, 2.0, [1])],
+    ("/gradio_api/queue/join", DEEP, 422, "request body nested too deeply; send a JSON object"),
+    ("/gradio_api/call/classify", b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}", 422, "nested too deeply"),
 ])
 def test_bad_calls_are_refused_in_one_line_before_the_app(gate, path, payload, status, words):
     got, answer, reached = asgi_post(gate, path, payload)

@@ -18,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -239,12 +240,28 @@ def test_model_source_is_model_id_then_space_json_then_the_bundled_folder(monkey
         app.model_source()
 
 
-def test_a_wrong_model_id_stops_the_start_clearly(tmp_path):
-    env = {**os.environ, **OFFLINE_ENV, "MODEL_ID": str(tmp_path / "missing"), "SPACE_TEMP_DIR": str(tmp_path / "t")}
+@pytest.mark.parametrize("damage, words", [
+    ("missing", "is not a folder; pass a release folder"),
+    ("truncated", "model.safetensors of '.*' \\(.*model.safetensors\\) is not a readable safetensors file "
+                  "\\(Error while deserializing header: invalid header length\\)"),
+    ("placeholder", "must be 'owner/name'|Repo id must"),
+])
+def test_a_release_that_cannot_be_served_stops_the_start_in_one_line(release_folder, tmp_path, damage, words):
+    source = str(tmp_path / "missing")
+    if damage == "truncated":
+        shutil.copytree(release_folder, tmp_path / "broken")
+        weights = tmp_path / "broken" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+        source = str(tmp_path / "broken")
+    elif damage == "placeholder":
+        source = "<your-user>/resnet9"
+    env = {**os.environ, **OFFLINE_ENV, "MODEL_ID": source, "SPACE_TEMP_DIR": str(tmp_path / "t")}
     result = subprocess.run([sys.executable, str(SPACE / "app.py")], env=env, capture_output=True, text=True,
                             timeout=300, cwd=ROOT)
-    assert result.returncode != 0
-    assert "not a folder" in result.stderr
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"cannot serve {source}: "), result.stderr[-2000:]
+    assert re.search(words, lines[0]), lines[0]
 
 
 # ---------------------------------------------------------------- the launched app, through gradio_client
@@ -507,3 +524,30 @@ def test_aborted_uploads_do_not_outlive_a_crash_and_restart(release_folder, tmp_
     with running_space(release_folder, tmp_path / "second.log", env={"SPACE_TEMP_DIR": str(root)}):
         assert not any(p.exists() for p in files), "the restart removed them"
         assert "removed 1 stale folders" in (tmp_path / "second.log").read_text()
+
+
+def folder_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def test_the_upload_folder_stays_within_its_budget_at_every_upload(release_folder, tmp_path):
+    """Uploads finished and cut off, faster than any scheduled sweep: the folder never holds more than its
+    budget once a request is over (the review grew it by 283 MB in 3 s between sweeps)."""
+    root, budget = tmp_path / "space-tmp", 2 << 20
+    payload = tmp_path / "big.png"
+    payload.write_bytes(os.urandom(600_000))
+    with running_space(release_folder, tmp_path / "space.log",
+                       env={"SPACE_TEMP_DIR": str(root), "SPACE_UPLOAD_BUDGET_MB": "2"}) as server:
+        sizes = []
+        for i in range(6):
+            with open(payload, "rb") as f:
+                response = httpx.post(f"{server}gradio_api/upload", files={"files": (f"u{i}.png", f, "image/png")},
+                                      timeout=60)
+            assert response.status_code == 200, response.text
+            sizes.append(folder_bytes(root))
+        assert sizes[2] >= 3 * 600_000, "three uploads fit the budget and stay"
+        for _ in range(6):
+            aborted_upload(server)
+            time.sleep(0.5)  # the server has seen the hang-up and finished the request
+            sizes.append(folder_bytes(root))
+        assert max(sizes) <= budget, sizes

@@ -158,6 +158,9 @@ def test_the_explicit_lists_match_the_checkout_and_setup_cfg():
 
 @pytest.mark.parametrize("kwargs, words", [
     ({"model": "not-an-id"}, "--model must be 'owner/name'"),
+    ({"model": "OWNER/NAME"}, "--model 'OWNER/NAME' is the placeholder from the docs; give your own Hub repo id"),
+    ({"model": "your-username/resnet9"}, "is the placeholder from the docs"),
+    ({"model": "someone/resnet9\n"}, "--model must be 'owner/name'"),
     ({}, "give the model to serve"),
     ({"model": "a/b", "bundle": "x"}, "give the model to serve"),
 ])
@@ -240,6 +243,7 @@ def test_a_failed_deploy_is_one_line_with_the_retry_command(monkeypatch, capsys)
 @pytest.mark.parametrize("argv, words", [
     (["deploy", "no-owner", "--model", "someone/resnet9"], "OWNER/SPACE must be 'owner/name'"),
     (["deploy", "someone/space", "--model", "bad id"], "--model must be 'owner/name'"),
+    (["deploy", "OWNER/SPACE", "--model", "someone/resnet9"], "OWNER/SPACE 'OWNER/SPACE' is the placeholder"),
 ])
 def test_a_bad_id_is_refused_before_any_work(monkeypatch, capsys, argv, words):
     hub = FakeSpaceHub().install(monkeypatch)
