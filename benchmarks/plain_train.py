@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from resnet_cifar import ResNet9  # noqa: E402
 from resnet_cifar.preprocess import normalize  # noqa: E402
 from training import speed  # noqa: E402
-from training.cli import model_config_of, resolve_precision  # noqa: E402
+from training.cli import model_config_of, resolve_input_path, resolve_precision  # noqa: E402
 from training.config import ConfigError, RunConfig, build_parser, resolve  # noqa: E402
 from training.data import CIFAR10DataModule  # noqa: E402
 from training.module import make_optimizer, one_cycle, recalibrate_batchnorm  # noqa: E402
@@ -81,6 +81,7 @@ def train(config: RunConfig) -> dict[str, Any]:
         raise ConfigError("the plain loop has no LR finder: pass --max-lr (the DAWNBench recipe sets 0.4)")
     device = pick_device(config.hardware.accelerator)
     resolve_precision(config)  # --precision auto: the same choice the Lightning command makes
+    resolve_input_path(config)  # and the same input path
     L.seed_everything(config.seed, workers=True)
     dm = CIFAR10DataModule(config.data, config.augment, seed=config.seed)
     dm.setup()

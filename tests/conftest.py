@@ -142,11 +142,12 @@ class FakeHubApi:
     """Records what HfApi would send (repos, commits with their exact files and bytes, whoami); nothing leaves."""
 
     def __init__(self, fail_with: Exception | None = None, user: str = "someone", role: str = "write",
-                 orgs: tuple[str, ...] = ()) -> None:
+                 orgs: tuple[str, ...] = (), token_check_fails: bool = True) -> None:
         self.repos: list[dict] = []
         self.commits: list[dict] = []
         self.whoami_calls = 0
         self.fail_with, self.user, self.role, self.orgs = fail_with, user, role, orgs
+        self.token_check_fails = token_check_fails  # False: whoami answers, and only the upload fails
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> "FakeHubApi":
         hub = self
@@ -167,7 +168,7 @@ class FakeHubApi:
 
         def whoami(self, *args, **kwargs):
             hub.whoami_calls += 1
-            if hub.fail_with is not None:
+            if hub.fail_with is not None and hub.token_check_fails:
                 raise hub.fail_with
             return {"name": hub.user, "orgs": [{"name": o} for o in hub.orgs],
                     "auth": {"accessToken": {"role": hub.role}}}

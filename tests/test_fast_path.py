@@ -161,3 +161,36 @@ def test_the_plain_loop_refuses_to_guess_a_learning_rate():
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2
     assert "pass --max-lr" in finished.stderr.strip().splitlines()[-1]
+
+
+# ---------------------------------------------------------------- bf16 learns what fp32 learns
+
+
+def test_bf16_autocast_learns_what_fp32_learns_step_for_step(tmp_path):
+    """The same seed, batches and schedule in bf16-mixed: the plain loop's every step's loss and the Lightning
+    run's epoch losses follow fp32's closely (bf16 rounds, so not exactly; BENCHMARKS.md has the real-data run).
+    The recipe's logit scale of 1/8 keeps this short run from diverging, so the losses mean something."""
+    recipe = ["--epochs", "2", "--limit-train-batches", "4", "--logit-scale", "0.125"]
+    runs = {}
+    for precision in ("32-true", "bf16-mixed"):
+        out = tmp_path / precision
+        runs[precision] = (out, train(out, *recipe, "--precision", precision, "--checkpoint-every", "0"))
+    (fp32_out, fp32), (bf16_out, bf16) = runs["32-true"], runs["bf16-mixed"]
+    assert (bf16["precision"], fp32["precision"]) == ("bf16-mixed", "32-true")
+    fp32_rows, bf16_rows = epoch_rows(fp32_out), epoch_rows(bf16_out)
+    assert all(1.5 < row["train_loss"] < 2.6 for row in fp32_rows), "a run that learns, not one that diverged"
+    for mine, theirs in zip(bf16_rows, fp32_rows, strict=True):
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=0.02)
+    assert abs(bf16["test_accuracy"] - fp32["test_accuracy"]) <= 0.05
+    steps = {}
+    for precision in ("32-true", "bf16-mixed"):
+        result = tmp_path / f"{precision}.json"
+        finished = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "plain_train.py"), *FAST, *recipe, "--precision", precision,
+             "--json", str(result)],
+            cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert finished.returncode == 0, finished.stderr[-2000:]
+        steps[precision] = json.loads(result.read_text())["step_losses"]
+    assert len(steps["32-true"]) == len(steps["bf16-mixed"]) == 8
+    np.testing.assert_allclose(steps["bf16-mixed"], steps["32-true"], rtol=0.02)
+    assert steps["bf16-mixed"] != steps["32-true"], "bf16 really ran: its losses are rounded differently"

@@ -11,6 +11,7 @@ import math
 import os
 import pickle
 import resource
+import shutil
 import signal
 import stat
 import subprocess
@@ -176,7 +177,8 @@ def test_a_failed_push_leaves_the_folder_intact_and_says_how_to_retry(trained, m
     _, out, _, _ = trained
     rel = out / "release"
     before = tree_digest(rel)
-    FakeHubApi(fail_with=failure).install(monkeypatch)
+    FakeHubApi(fail_with=failure, token_check_fails=False).install(monkeypatch)
+    monkeypatch.setattr("resnet_cifar.hub.get_token", lambda: TOKEN)  # a saved login with write access
     code = cli.push_main([str(rel), "someone/resnet9-test"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1, "one line"
@@ -189,11 +191,15 @@ def test_a_failed_push_leaves_the_folder_intact_and_says_how_to_retry(trained, m
 
 def test_repush_of_a_finished_folder(trained, monkeypatch, capsys):
     _, out, _, _ = trained
+    monkeypatch.setattr("resnet_cifar.hub.get_token", lambda: TOKEN)  # a saved login with write access
     hub = FakeHubApi().install(monkeypatch)
     assert cli.push_main([str(out / "release"), "someone/other", "--private"]) == 0
     assert hub.repos[0]["private"] is True and len(hub.commits) == 1
-    assert cli.push_main([str(out), "someone/other"]) == 1, "the run folder is not a release"
-    assert "not a complete release" in capsys.readouterr().err
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # the run folder is not a release: refused before the network
+        cli.push_main([str(out), "someone/other"])
+    assert exit_.value.code == 2 and "not a complete release" in capsys.readouterr().err
+    assert len(hub.commits) == 1 and hub.whoami_calls == 1
 
 
 def test_the_push_never_follows_links_or_takes_other_files(trained, tmp_path, monkeypatch, capsys):
@@ -206,15 +212,45 @@ def test_the_push_never_follows_links_or_takes_other_files(trained, tmp_path, mo
     (folder / ".secret.png").write_bytes(b"hidden")
     (folder / "sub").mkdir()
     (folder / "sub" / "metrics.png").write_bytes(b"nested")
+    monkeypatch.setattr("resnet_cifar.hub.get_token", lambda: TOKEN)  # a saved login with write access
     hub = FakeHubApi().install(monkeypatch)
     assert cli.push_main([str(folder), "someone/exact"]) == 0
     assert hub.commits[0]["files"] == release.files(out / "release"), "only the release's own files"
     (folder / "metrics.png").unlink()
     os.symlink("/etc/passwd", folder / "metrics.png")
-    assert cli.push_main([str(folder), "someone/exact"]) == 1
-    assert "metrics.png is a symbolic link; a release holds regular files only; nothing was pushed" in \
-        capsys.readouterr().err
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # refused before the token check or any upload
+        cli.push_main([str(folder), "someone/exact"])
+    assert exit_.value.code == 2
+    assert "metrics.png is a symbolic link; a release holds regular files only" in capsys.readouterr().err
+    with pytest.raises(PublishError, match="metrics.png is a symbolic link.*; nothing was pushed"):
+        publish(folder, "someone/exact", token=TOKEN)  # the library call refuses it too
     assert len(hub.commits) == 1, "nothing more was uploaded"
+
+
+@pytest.mark.parametrize("hub, token, words", [
+    (FakeHubApi(), None, "needs a Hugging Face token with write access: set HF_TOKEN or run `hf auth login`"),
+    (FakeHubApi(role="read"), TOKEN, "the token of someone is read-only; someone/x needs a token with write access"),
+    (FakeHubApi(fail_with=HfHubHTTPError("401 Client Error: Unauthorized", response=httpx2.Response(
+        401, request=httpx2.Request("GET", "https://huggingface.co/api/whoami-v2")))), TOKEN, "cannot check the token"),
+])
+def test_the_push_command_checks_the_token_before_uploading(trained, monkeypatch, capsys, hub, token, words):
+    _, out, _, _ = trained
+    hub.install(monkeypatch)
+    monkeypatch.setattr("resnet_cifar.hub.get_token", lambda: token)
+    assert cli.push_main([str(out / "release"), "someone/x"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and TOKEN not in err
+    assert hub.repos == [] and hub.commits == [], "nothing was sent before the token was known to write"
+
+
+def test_the_push_command_refuses_a_repo_id_with_a_trailing_newline(trained, monkeypatch, capsys):
+    _, out, _, _ = trained
+    hub = FakeHubApi().install(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        cli.push_main([str(out / "release"), "someone/x\n"])
+    assert exit_.value.code == 2 and "OWNER/NAME must be 'owner/name'" in capsys.readouterr().err
+    assert hub.whoami_calls == 0 and hub.commits == []
 
 
 @pytest.mark.parametrize("hub, env, words", [
@@ -233,10 +269,14 @@ def test_the_token_is_checked_before_training(tmp_path, monkeypatch, hub, env, w
     assert TOKEN not in console
 
 
-@pytest.mark.parametrize("bad", ["resnet9", "a/b/c", "owner/", "/name", "owner/na me", "owner/name.git"])
-def test_a_bad_repo_id_is_refused_before_training(tmp_path, bad):
+@pytest.mark.parametrize("bad, words", [
+    *[(bad, "must be 'owner/name'") for bad in ("resnet9", "a/b/c", "owner/", "/name", "owner/na me",
+                                                 "owner/name.git", "someone/resnet9\n")],
+    ("OWNER/NAME", "is the placeholder from the docs"),
+])
+def test_a_bad_repo_id_is_refused_before_training(tmp_path, bad, words):
     code, console = run_cli(SMOKE + ["--output-dir", str(tmp_path / "out"), "--push-to-hub", bad])
-    assert code == 2 and "must be 'owner/name'" in console
+    assert code == 2 and words in console
     assert not (tmp_path / "out").exists(), "nothing was trained"
 
 
@@ -350,6 +390,48 @@ def test_a_truncated_checkpoint_is_refused_clearly(finished, tmp_path):
     code, console = run_cli(SMOKE + ["--max-lr", "0.01", "--epochs", "2", "--output-dir", str(finished),
                                      "--resume", str(broken)])
     assert code == 2 and "is truncated or corrupt" in console and "Traceback" not in console
+
+
+def test_an_empty_checkpoint_is_refused_clearly(finished, tmp_path):
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    code, console = run_cli(SMOKE + ["--max-lr", "0.01", "--epochs", "2", "--output-dir", str(finished),
+                                     "--resume", str(empty)])
+    assert code == 2 and f"{empty} is empty (0 bytes), not a checkpoint" in console, console[-2000:]
+    assert "Traceback" not in console and "IndexError" not in console
+
+
+def test_a_full_disk_while_a_resumed_run_writes_its_release_is_one_line(finished, tmp_path):
+    """The finished run resumed from its last checkpoint goes straight to its release; the weights (26 MB) do not
+    fit under the file size limit that stands in for a full disk."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    before = tree_digest(out / "release")
+    failed = subprocess.run(_command(out, "--epochs", "2", "--limit-train-batches", "3", "--limit-test-batches", "2",
+                                     "--resume", "last"),
+                            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600,
+                            preexec_fn=_fsize_limit(20_000_000))
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("resnet-cifar-train: error: cannot write ") and "model.safetensors: " in last, last
+    assert "File too large" in last and "continue with --resume last" in last and "Traceback" not in failed.stderr
+    assert tree_digest(out / "release") == before, "the earlier release is untouched"
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--accelerator", "gpu"], "--accelerator gpu: this machine has no CUDA GPU"),
+    (["--accelerator", "cpu", "--devices", "99"], "--devices 99: this machine has"),
+    (["--devices", "0"], "--devices 0: this machine has"),
+    (["--devices", "two"], "--devices must be a count, a comma-separated list of GPU indices, -1 (all) or auto"),
+    (["--accelerator", "cpu", "--devices", "0,1"], "a list of indices names GPUs"),
+    (["--accelerator", "quantum"], "--accelerator must be one of auto, cpu, gpu, cuda, mps, got 'quantum'"),
+])
+def test_hardware_the_machine_lacks_is_refused_before_anything_starts(tmp_path, flags, words):
+    if "gpu" in flags and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, console = run_cli(SMOKE + ["--output-dir", str(tmp_path / "out"), *flags])
+    assert code == 2 and words in console, console[-2000:]
+    assert not (tmp_path / "out").exists(), "nothing started"
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):

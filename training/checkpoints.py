@@ -12,11 +12,14 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from resnet_cifar.errors import first_line
 from resnet_cifar.model import short
 
 from .config import RunConfig
 
 DEFAULTS = RunConfig().to_dict()
+# Settings whose default became "auto" (None): a checkpoint written before that ran them as this.
+DEFAULTS["data"]["data_on_device"] = DEFAULTS["augment"]["augment_on_device"] = False
 
 LAST = "last.ckpt"
 # What may differ between a run and its resumption: where it writes, where it pushes, how it loads data, how
@@ -59,15 +62,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def load(path: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint's contents through torch's weights-only unpickler: tensors and plain containers, never code."""
     try:
+        empty = os.path.getsize(path) == 0
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror}; pass a checkpoint that exists") from None
+    if empty:
+        raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint; delete it and resume from another "
+                              "checkpoint, or start a new run")
+    try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).splitlines()[0][:160] if str(err) else "objects outside the allow-list"
+        reason = first_line(err, 160) if str(err).strip() else "objects outside the allow-list"
         raise CheckpointError(
             f"{path} holds more than tensors and plain values ({reason}); resnet-cifar never unpickles code from a "
             "checkpoint: resume only from checkpoints this command wrote") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise CheckpointError(
-            f"{path} is truncated or corrupt ({str(err).splitlines()[0][:120]}); delete it and resume from another "
+            f"{path} is truncated or corrupt ({first_line(err, 120)}); delete it and resume from another "
             "checkpoint, or start a new run") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise CheckpointError(f"{path} is not a resnet-cifar-train checkpoint (no state_dict and hyper_parameters)")

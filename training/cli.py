@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from lightning.pytorch.tuner import Tuner
 
 from resnet_cifar import ResNet9, calibration, card, count_parameters, release
 from resnet_cifar.hub import PublishError, check_repo_id, check_write_access
+from resnet_cifar.model import short
 
 from . import checkpoints, output_lock, report, speed
 from .config import ConfigError, RunConfig, build_parser, resolve
@@ -58,6 +60,43 @@ class EpochProgressBar(TQDMProgressBar):
 
 def _devices(value: Any) -> int | str:
     return int(value) if str(value).isdigit() else str(value)
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def check_hardware(config: RunConfig) -> None:
+    """Refuse an accelerator this machine lacks or a device count it cannot run, before anything starts (Lightning
+    would raise deep inside, or start one process per asked-for device and hang)."""
+    hw = config.hardware
+    accelerator = str(hw.accelerator).strip().lower()
+    if accelerator not in ACCELERATORS:
+        raise ConfigError(f"--accelerator must be one of {', '.join(ACCELERATORS)}, got {short(hw.accelerator)}")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if accelerator in ("gpu", "cuda") and not gpus:
+        raise ConfigError(f"--accelerator {accelerator}: this machine has no CUDA GPU that torch {torch.__version__} "
+                          "can use; run with --accelerator cpu (or auto)")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--accelerator mps: this machine has no Apple GPU; run with --accelerator cpu (or auto)")
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus > 0)
+    have, unit = (gpus, "GPU(s)") if on_gpu else (1 if accelerator == "mps" else os.cpu_count() or 1, "CPU core(s)")
+    text = str(hw.devices).strip().strip("[]").replace(" ", "")
+    if text in ("auto", "-1"):
+        return
+    parts = [part for part in text.split(",") if part]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise ConfigError(f"--devices must be a count, a comma-separated list of GPU indices, -1 (all) or auto, "
+                          f"got {short(hw.devices)}")
+    if len(parts) == 1 and "," not in text:
+        count = int(parts[0])
+        if count < 1 or count > have:
+            raise ConfigError(f"--devices {count}: this machine has {have} {unit}, so from 1 to {have} (or auto)")
+        return
+    if not on_gpu:
+        raise ConfigError(f"--devices {text}: a list of indices names GPUs; on the CPU give a count from 1 to {have}")
+    bad = [int(part) for part in parts if int(part) >= have]
+    if bad or len(set(parts)) != len(parts):
+        raise ConfigError(f"--devices {text}: this machine has GPUs 0 to {have - 1}, each named once")
 
 
 def make_trainer(config: RunConfig, resumed: dict[str, Any] | None = None) -> L.Trainer:
@@ -194,6 +233,37 @@ def resolve_precision(config: RunConfig) -> str:
         return "given (--precision or the recipe)"
     hw.precision, reason = speed.fastest_precision(hw.accelerator)
     return f"auto: {reason}"
+
+
+def resolve_input_path(config: RunConfig, saved: dict[str, Any] | None = None) -> str:
+    """Settle --data-on-device and --augment-on-device left at auto; returns why the run takes the path it does.
+
+    A resumed run keeps the path its checkpoint ran with (a checkpoint from before the flags existed ran the
+    DataLoader workers). A new run on one CPU takes the batch path: on this project's 2-core CPU it was as fast
+    as the workers or faster, for the Lightning and the plain loop alike (BENCHMARKS.md, "CPU training: every
+    choice side by side"), and it needs no worker process. Elsewhere (GPUs, several devices) the workers.
+    """
+    data, augment = config.data, config.augment
+    if data.data_on_device is not None and augment.augment_on_device is not None:
+        return "given (flags or the recipe)"
+    if saved is not None:
+        before = saved.get("hyper_parameters", {}).get("config") or {}
+        for section, key in (("data", "data_on_device"), ("augment", "augment_on_device")):
+            if getattr(getattr(config, section), key) is None:
+                setattr(getattr(config, section), key, bool((before.get(section) or {}).get(key, False)))
+        return "auto: as the resumed checkpoint ran"
+    hw = config.hardware
+    accelerator = str(hw.accelerator).lower()
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    one_device = str(hw.devices).strip() in ("1", "auto") and hw.num_nodes == 1
+    batched = on_cpu and one_device
+    if augment.augment_on_device is None:
+        augment.augment_on_device = batched if data.data_on_device is None else bool(data.data_on_device)
+    if data.data_on_device is None:
+        data.data_on_device = batched and augment.augment_on_device
+    if batched:
+        return "auto: one CPU device, so the batch path (no DataLoader worker takes a core from the training step)"
+    return "auto: DataLoader workers (a GPU or several devices)"
 
 
 def earlier_epoch_times(out: Path, saved: dict[str, Any]) -> tuple[list[float], list[int]]:
@@ -338,14 +408,15 @@ def pipeline(config: RunConfig) -> Path | None:
     out = config.output.output_dir
     precision_reason = resolve_precision(config)
     resume = resolve_resume(config)
+    saved = checkpoints.load(resume) if resume is not None else None  # checked before the folder is touched
+    input_reason = resolve_input_path(config, saved)
+    config.validate()  # the settled input path obeys the same rules as a given one
     L.seed_everything(config.seed, workers=True)
     dm = CIFAR10DataModule(config.data, config.augment, seed=config.seed)
     dm.setup()
     config.data.batch_size = dm.batch_size  # the resolved config records the batch size the run really uses
     model_config = model_config_of(dm, config)
-    saved = None
-    if resume is not None:  # everything is checked before anything in the output folder is touched
-        saved = checkpoints.load(resume)
+    if saved is not None:  # everything is checked before anything in the output folder is touched
         checkpoints.check_resumable(saved, resume, config.to_dict(), model_config)
     lit = LitResNet(model_config, config.to_dict())
     trainer = make_trainer(config, saved)
@@ -395,7 +466,9 @@ def pipeline(config: RunConfig) -> Path | None:
         "resumed_after_epochs": timer.restored, "optimizer_steps": trainer.global_step, "epochs": trainer.current_epoch,
         "max_lr": lit.max_lr, "world_size": trainer.world_size,
         "device": speed.device_name(trainer.strategy.root_device), "torch": torch.__version__,
-        "precision": str(trainer.precision), "precision_reason": precision_reason, **pace,
+        "precision": str(trainer.precision), "precision_reason": precision_reason,
+        "input_path": "batched on the device" if config.augment.augment_on_device else "DataLoader workers",
+        "input_path_reason": input_reason, **pace,
     }
     rel = write_release(config, lit, dm, trainer, lr_data, metrics, calibrated)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
@@ -412,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(description=__doc__.splitlines()[0])
     try:
         config = resolve(parser.parse_args(argv))
+        check_hardware(config)
         if config.output.push_to_hub is not None:
             check_repo_id(config.output.push_to_hub)
     except (ConfigError, ValueError) as err:
@@ -455,14 +529,16 @@ def push_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_repo_id(args.repo_id, "OWNER/NAME")
+        release.files(args.folder)  # a complete release, before the network is asked anything
     except ValueError as err:
         parser.error(str(err))
     try:
+        user = check_write_access(args.repo_id)  # a missing, rejected or read-only token: one line, nothing sent
         url = publish(args.folder, args.repo_id, private=args.private)
     except PublishError as err:
         print(f"resnet-cifar-push: error: {err}", file=sys.stderr)
         return 1
-    print(f"pushed {args.folder} to {url}")
+    print(f"pushed {args.folder} to {url} as {user}")
     return 0
 
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
+from resnet_cifar.errors import first_line
 from resnet_cifar.model import short
 
 DEFAULT_DATASET = "uoft-cs/cifar10"
@@ -81,6 +82,11 @@ def _limit(value: Any) -> bool:
     return _number(value) and 0 < value <= 1
 
 
+# The default of --data-on-device and --augment-on-device, settled by resnet-cifar-train (training.cli).
+AUTO_INPUT_TEXT = ("auto: on for a run on one CPU (as fast as workers or faster there, and no worker process: "
+                   "BENCHMARKS.md), off on GPUs; a resumed run keeps its own")
+
+
 @dataclass
 class DataConfig:
     """Where the images come from and how they are batched."""
@@ -99,9 +105,10 @@ class DataConfig:
                                      "so that an epoch has 8 steps (at least 16 images)")
     num_workers: int | None = setting(None, "DataLoader workers", optional(whole_at_least(0)),
                                       "a whole number >= 0", card=False, default_text="cores - 1, at most 8")
-    data_on_device: bool = setting(False, "keep the training split on the training device as one uint8 tensor and "
-                                     "shuffle and cut the batches there: no DataLoader workers, no copies per step "
-                                     "(needs --augment-on-device; one device)")
+    data_on_device: bool | None = setting(None, "keep the training split on the training device as one uint8 tensor "
+                                            "and shuffle and cut the batches there: no DataLoader workers, no copies "
+                                            "per step (needs --augment-on-device; one device)",
+                                          default_text=AUTO_INPUT_TEXT)
 
 
 @dataclass
@@ -114,8 +121,9 @@ class AugmentConfig:
     cutout: int = setting(8, "side of the square cutout hole, filled with the dataset mean",
                           lambda v: _whole(v) and 0 <= v <= 32, "a whole number from 0 to 32")
     cutout_p: float = setting(0.5, "probability of the cutout hole", between(0, 1), "a number in [0, 1]")
-    augment_on_device: bool = setting(False, "augment whole batches with tensor ops on the training device (the GPU) "
-                                     "instead of per image in DataLoader workers; the same steps, pixel for pixel")
+    augment_on_device: bool | None = setting(None, "augment whole batches with tensor ops on the training device "
+                                                   "instead of per image in DataLoader workers; the same steps, pixel "
+                                                   "for pixel", default_text=AUTO_INPUT_TEXT)
 
     def describe(self) -> str:
         """What the augmentation does, in words, for the card: only the steps that actually run."""
@@ -345,7 +353,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(f"--config {path}: {err.strerror}") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"--config {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+        raise ConfigError(f"--config {path} is not valid YAML: {first_line(err)}") from err
     RunConfig.from_dict(data or {}, f"--config {path}")  # refuse unknown keys and bad values now
     return data or {}
 

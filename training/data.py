@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from resnet_cifar.errors import first_line
 from resnet_cifar.preprocess import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, INPUT_SIZE, normalize
 
 from . import batch_augment
@@ -161,7 +162,7 @@ def check_hub_dataset(dataset: str, revision: str | None) -> None:
         raise ValueError(f"no dataset {dataset!r}" + (f" at revision {revision!r}" if revision else "")
                          + f" on the Hub ({type(err).__name__}); check the id, or {LOCAL_HINT}") from None
     except Exception as err:  # noqa: BLE001 - no network, DNS, proxy, timeout: all mean the same to the user
-        reason = (str(err) or type(err).__name__).splitlines()[0][:120]
+        reason = first_line(err, 120)
         raise ValueError(f"cannot reach the Hub for dataset {dataset!r} ({reason}); {LOCAL_HINT}") from None
 
 
@@ -266,7 +267,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             cause = err
             while cause.__cause__ is not None or cause.__context__ is not None:
                 cause = cause.__cause__ or cause.__context__
-            reason = (str(cause) or type(cause).__name__).splitlines()[0][:200]
+            reason = first_line(cause, 200)
             raise ValueError(f"cannot read dataset {self.dataset!r}: {reason}; {layout}") from None
 
     def setup(self, stage: str | None = None) -> None:
