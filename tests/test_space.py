@@ -551,3 +551,45 @@ def test_the_upload_folder_stays_within_its_budget_at_every_upload(release_folde
             time.sleep(0.5)  # the server has seen the hang-up and finished the request
             sizes.append(folder_bytes(root))
         assert max(sizes) <= budget, sizes
+
+
+def test_the_example_gallery_takes_only_the_index_of_one_of_its_examples(space):
+    """The page-only example event: gradio answered 500 for index 10, a string or null, and took -1 as the last
+    example; the gate in front of the app refuses all of them in one line."""
+    import asyncio
+    import json
+
+    import gradio as gr
+
+    demo = app.build_demo(space)
+    gate = app.api_gate(demo, space)
+    kwargs = gate.kwargs
+    examples = [index for index, fn in demo.fns.items() if any(isinstance(c, gr.Dataset) for c in fn.inputs)]
+    assert examples, "the page has an example gallery event"
+    for index in examples:
+        (param,) = kwargs["functions"][index]
+        assert param.choices == len(space.example_paths) == 10
+
+    reached = []
+
+    async def inner(scope, receive, send):
+        reached.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    front = gate.cls(inner, **kwargs)
+    for value, allowed in ((0, True), (9, True), (10, False), (-1, False), ("3", False), (None, False)):
+        payload = json.dumps({"data": [value], "fn_index": examples[0], "session_hash": "s"}).encode()
+        sent = []
+
+        async def receive(payload=payload):
+            return {"type": "http.request", "body": payload, "more_body": False}
+
+        async def send(message, sent=sent):
+            sent.append(message)
+
+        asyncio.run(front({"type": "http", "method": "POST", "path": "/gradio_api/queue/join"}, receive, send))
+        assert (sent[0]["status"] == 200) is allowed, value
+        if not allowed:
+            assert "send the number of one of the 10 choices, from 0 to 9" in json.loads(sent[1]["body"])["error"]
+    assert len(reached) == 2

@@ -357,9 +357,14 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default():
     from training.checkpoints import CheckpointError, check_resumable
     from training.config import RunConfig
 
-    config = RunConfig().to_dict()
+    run = RunConfig()
+    run.data.data_on_device = run.augment.augment_on_device = False
+    config = run.to_dict()
     older = {**config, "data": {k: v for k, v in config["data"].items() if k != "data_on_device"}}
     checkpoint = {"hyper_parameters": {"config": older, "model_config": {"num_classes": 10}}}
+    resumed = RunConfig()
+    cli.resolve_input_path(resumed, checkpoint)  # auto on resume: what the checkpoint ran, workers when it predates
+    config = resumed.to_dict()
     check_resumable(checkpoint, "old.ckpt", config, {"num_classes": 10})  # ran without it: as the default does
     config["data"]["data_on_device"] = True
     with pytest.raises(CheckpointError, match=r"--data-on-device False -> True"):
@@ -654,3 +659,60 @@ def test_the_lock_is_released_on_any_exit(tmp_path):
             raise ZeroDivisionError
     with output_lock.hold(out):
         pass
+
+
+# ---------------------------------------------------------------- the input path's default
+
+
+def cpu_config(**hardware):
+    from training.config import RunConfig
+
+    config = RunConfig()
+    config.hardware.accelerator = "cpu"
+    for key, value in hardware.items():
+        setattr(config.hardware, key, value)
+    return config
+
+
+def test_a_new_run_on_one_cpu_takes_the_batch_path_by_default():
+    config = cpu_config()
+    reason = cli.resolve_input_path(config)
+    assert (config.data.data_on_device, config.augment.augment_on_device) == (True, True)
+    assert reason.startswith("auto: one CPU device, so the batch path")
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"devices": "2"}, (False, False)),  # several processes: each gets its shard from the workers' sampler
+    ({"augment": False}, (False, False)),
+    ({"augment": True}, (True, True)),
+    ({"data": False}, (False, False)),
+])
+def test_the_input_path_default_yields_to_flags_and_to_several_devices(change, expected):
+    config = cpu_config(**({"devices": change["devices"]} if "devices" in change else {}))
+    if "augment" in change:
+        config.augment.augment_on_device = change["augment"]
+    if "data" in change:
+        config.data.data_on_device = change["data"]
+    cli.resolve_input_path(config)
+    assert (config.data.data_on_device, config.augment.augment_on_device) == expected
+    config.validate()
+
+
+@pytest.mark.parametrize("before, expected", [({}, (False, False)),
+                                              ({"data_on_device": True, "augment_on_device": True}, (True, True))])
+def test_a_resumed_run_keeps_the_input_path_its_checkpoint_ran(before, expected):
+    config = cpu_config()
+    saved = {"hyper_parameters": {"config": {
+        "data": {k: v for k, v in before.items() if k == "data_on_device"},
+        "augment": {k: v for k, v in before.items() if k == "augment_on_device"}}}}
+    assert cli.resolve_input_path(config, saved) == "auto: as the resumed checkpoint ran"
+    assert (config.data.data_on_device, config.augment.augment_on_device) == expected
+
+
+def test_the_run_records_its_input_path_and_why(trained):
+    _, out, _, _ = trained
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["input_path"] == "batched on the device"
+    assert metrics["input_path_reason"].startswith("auto: one CPU device")
+    saved = json.loads((out / "release" / "training_config.json").read_text())
+    assert saved["data"]["data_on_device"] is True and saved["augment"]["augment_on_device"] is True
