@@ -716,3 +716,55 @@ def test_the_run_records_its_input_path_and_why(trained):
     assert metrics["input_path_reason"].startswith("auto: one CPU device")
     saved = json.loads((out / "release" / "training_config.json").read_text())
     assert saved["data"]["data_on_device"] is True and saved["augment"]["augment_on_device"] is True
+
+
+# ---------------------------------------------------------------- resnet-cifar-eval
+
+
+def run_eval(argv: list[str], capsys) -> tuple[int, str]:
+    from training import evaluate
+
+    try:
+        code = evaluate.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_eval_re_measures_a_release_and_finds_it_matches_its_card(trained, capsys, tmp_path):
+    _, out, _, _ = trained
+    metrics = json.loads((out / "metrics.json").read_text())
+    code, console = run_eval([str(out / "release"), "--dataset", str(SAMPLE), "--json", str(tmp_path / "m.json")],
+                             capsys)
+    assert code == 0, console
+    assert f"{metrics['test_images']:,} images of {SAMPLE} split 'test'" in console
+    for words in ("test accuracy (no TTA)", "test accuracy (flip TTA)", "ECE (15 bins)", "NLL",
+                  "card (model-index) accuracy"):
+        line = next(line for line in console.splitlines() if line.startswith(words))
+        assert line.endswith(": match"), line
+    measured = json.loads((tmp_path / "m.json").read_text())
+    assert measured["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6), "the same evaluation"
+    assert measured["ece"] == pytest.approx(metrics["ece"], abs=1e-6)
+    assert set(measured["per_class_accuracy"]) == set(release.read(out / "release").model.class_names)
+    assert "every stated figure matches" in console
+
+
+def test_eval_says_which_stated_figure_the_weights_do_not_measure(trained, capsys, tmp_path):
+    _, out, _, _ = trained
+    folder = tmp_path / "release"
+    shutil.copytree(out / "release", folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["test_accuracy_tta"] = min(1.0, metrics["test_accuracy_tta"] + 0.05)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    code, console = run_eval([str(folder), "--dataset", str(SAMPLE)], capsys)
+    assert code == 1
+    lines = {line.split(":")[0]: line for line in console.splitlines() if ": " in line}
+    assert lines["test accuracy (flip TTA)"].endswith("MISMATCH")
+    assert lines["test accuracy (no TTA)"].endswith("match") and lines["NLL"].endswith("match")
+    assert "some stated figures do not match what the weights measure" in console
+
+
+def test_eval_of_a_source_that_is_no_release_is_one_line(tmp_path, capsys):
+    code, console = run_eval([str(tmp_path / "nothing"), "--dataset", str(SAMPLE)], capsys)
+    assert code == 2 and console.count("\n") == 1 and "resnet-cifar-eval: error:" in console

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from resnet_cifar import ResNet9
+from resnet_cifar import ResNet9, evaluate
 
 from .config import RunConfig
 
@@ -114,10 +114,7 @@ class LitResNet(L.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         """Probabilities of the plain and the mirrored batch, in fp32 whatever the training precision."""
         x, y, index = batch
-        with torch.autocast(self.device.type, enabled=False):
-            x = x.float()
-            probs = F.softmax(self.model(x).float(), dim=1)
-            tta = (probs + F.softmax(self.model(x.flip(3)).float(), dim=1)) / 2
+        probs, tta = evaluate.probabilities(self.model, x)  # the evaluation resnet-cifar-eval runs too
         self._test_outputs.append((probs, tta, y, index))
 
     def on_test_epoch_end(self) -> None:

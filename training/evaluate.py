@@ -1,0 +1,113 @@
+"""resnet-cifar-eval: re-measure a release (folder or Hub id) on a test split and say, line by line, whether it
+matches what the release states (its metrics.json and its card's model-index); exit 1 where it does not."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from resnet_cifar import release
+from resnet_cifar.errors import first_line
+from resnet_cifar.evaluate import figures, predict_split
+from resnet_cifar.hub import NETWORK_ERRORS
+
+from .config import DEFAULT_DATASET, DataConfig
+from .data import CIFAR10DataModule, decode_split
+
+# (key in metrics.json, words, tolerance in the figure's own unit). Accuracies may differ by one image (a float
+# tie decided otherwise by another batch composition); ECE and NLL by 0.001.
+COMPARED = (("test_accuracy", "test accuracy (no TTA)", None), ("test_accuracy_tta", "test accuracy (flip TTA)", None),
+            ("ece", "ECE (15 bins)", 1e-3), ("test_loss", "NLL", 1e-3))
+
+
+def stated(source: str, revision: str | None) -> tuple[dict[str, Any] | None, float | None]:
+    """The release's metrics.json (None when it has none) and its card's accuracy (None when it states none)."""
+    from resnet_cifar.card import test_accuracy_of
+
+    try:
+        metrics = release.read_json(release.locate(source, release.METRICS_NAME, revision), release.METRICS_NAME)
+    except FileNotFoundError:
+        metrics = None
+    try:
+        card = test_accuracy_of(release.locate(source, release.CARD_NAME, revision))
+    except (FileNotFoundError, ValueError):
+        card = None
+    return metrics, card
+
+
+def compare(measured: dict[str, Any], metrics: dict[str, Any] | None, card: float | None) -> tuple[list[str], bool]:
+    """Lines 'figure: measured / stated: match|MISMATCH', and whether everything stated matched."""
+    n = measured["test_images"]
+    lines, ok = [], True
+    if metrics is not None and int(metrics.get("test_images", n)) != n:
+        lines.append(f"images: measured {n:,}, metrics.json {int(metrics['test_images']):,}: MISMATCH")
+        ok = False
+    for key, words, tolerance in COMPARED:
+        value = measured[key]
+        shown = f"{value * 100:.2f} %" if tolerance is None or key == "ece" else f"{value:.4f}"
+        if metrics is None or metrics.get(key) is None:
+            lines.append(f"{words}: {shown} (the release states none)")
+            continue
+        limit = 1.0 / n + 1e-9 if tolerance is None else tolerance
+        claim = float(metrics[key])
+        good = abs(value - claim) <= limit
+        ok &= good
+        claim_shown = f"{claim * 100:.2f} %" if tolerance is None or key == "ece" else f"{claim:.4f}"
+        lines.append(f"{words}: measured {shown}, metrics.json {claim_shown}: {'match' if good else 'MISMATCH'}")
+    if card is not None:  # the model-index value, a fraction
+        value = measured["test_accuracy"]
+        good = abs(value - card) <= 1.0 / n + 5e-5  # one image, and the card's rounding to 4 decimals
+        ok &= good
+        lines.append(f"card (model-index) accuracy: measured {value * 100:.2f} %, card {card * 100:.2f} %: "
+                     f"{'match' if good else 'MISMATCH'}")
+    return lines, ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="resnet-cifar-eval", description=__doc__.splitlines()[0])
+    parser.add_argument("source", metavar="SOURCE", help="a release folder or a Hub repo id (owner/name)")
+    parser.add_argument("--revision", default=None, help="Hub revision of the release")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="Hub dataset id or local folder in its layout "
+                                                                   f"(default: {DEFAULT_DATASET})")
+    parser.add_argument("--split", default="test", help="the split to measure (default: test)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="measure the first N images (default: as many as the release states, else all)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the measured figures here")
+    args = parser.parse_args(argv)
+    try:
+        model = release.read(args.source, revision=args.revision).model
+        metrics, card = stated(args.source, args.revision)
+        dm = CIFAR10DataModule(DataConfig(dataset=args.dataset, test_split=args.split))
+        data = dm.load()
+        if args.split not in data:
+            raise ValueError(f"{args.dataset}: no split {args.split!r}; it has splits {list(data.keys())}")
+        images, labels = decode_split(data[args.split], "img", "label", model.num_classes,
+                                      f"{args.dataset} split {args.split!r}")
+    except NETWORK_ERRORS as err:
+        print(f"resnet-cifar-eval: error: {first_line(err, 500)}", file=sys.stderr)
+        return 2
+    limit = args.limit if args.limit is not None else (metrics or {}).get("test_images")
+    if limit is not None:
+        if not 1 <= int(limit) <= len(labels):
+            parser.error(f"--limit must be from 1 to {len(labels)} (the split's images), got {limit}")
+        images, labels = images[: int(limit)], labels[: int(limit)]
+    probs, tta = predict_split(model, images, model.mean, model.std)
+    measured = figures(probs, tta, labels, model.class_names)
+    print(f"{args.source}: {len(labels):,} images of {args.dataset} split {args.split!r}"
+          + (" (the first ones, as the release states)" if limit is not None and args.limit is None else ""))
+    for name, value in measured["per_class_accuracy"].items():
+        print(f"  {name:<12} {'-' if value is None else f'{value * 100:.2f} %'}")
+    lines, ok = compare(measured, metrics, card)
+    for line in lines:
+        print(line)
+    if args.json is not None:
+        args.json.write_text(json.dumps(measured, indent=2))
+    print("every stated figure matches" if ok else "some stated figures do not match what the weights measure")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
