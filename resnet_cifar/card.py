@@ -28,6 +28,7 @@ class CardInfo:
     per_class_accuracy: dict[str, float | None]
     recipe: list[tuple[str, str]]
     parameters: int
+    macs: float | None = None  # multiply-accumulates of one forward pass on one 32x32 image
     augmentation: str | None = None
     repo_id: str | None = None
     class_names: tuple[str, ...] = CIFAR10_CLASSES

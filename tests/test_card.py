@@ -146,3 +146,16 @@ def test_usage_snippet_runs_verbatim(release_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     (top3,) = ast.literal_eval(done.stdout.strip())
     assert len(top3) == 3 and all(name in CIFAR10_CLASSES for name, _ in top3)
+
+
+def test_the_card_says_where_the_model_comes_from_and_what_it_is_not_for():
+    from resnet_cifar.model import forward_macs
+
+    macs = forward_macs()
+    assert macs == pytest.approx(0.3793e9, rel=1e-3), "forward MACs of one 32x32 image, counted by torch"
+    content = render(info(parameters=6_573_130, macs=macs)).content
+    assert "- **Parameters (M):** 6.57" in content and "- **GMACs:** 0.38 (one forward pass of one 32x32 image)" in content
+    assert "David Page, [How to train your ResNet]" in content and "ERA V1 course" in content
+    assert "- **Image size:** 32 x 32 RGB" in content and "50,000 training and 10,000 test photos" in content
+    assert "## Intended use and limitations" in content and "still gets one of these 10 classes" in content
+    assert "GMACs" not in render(info()).content, "no figure the card was not given"

@@ -23,7 +23,7 @@ from lightning.pytorch.tuner import Tuner
 
 from resnet_cifar import ResNet9, calibration, card, count_parameters, release
 from resnet_cifar.hub import PublishError, check_repo_id, check_write_access
-from resnet_cifar.model import short
+from resnet_cifar.model import forward_macs, short
 
 from . import checkpoints, output_lock, report, speed
 from .config import ConfigError, RunConfig, build_parser, resolve
@@ -346,6 +346,7 @@ def write_release(config: RunConfig, lit: LitResNet, dm: CIFAR10DataModule, trai
             recipe=recipe,
             augmentation=config.augment.describe(),
             parameters=count_parameters(model),
+            macs=forward_macs(model.num_classes),
             repo_id=config.output.push_to_hub,
             class_names=model.class_names,
             test_images=len(evaluation.labels),
