@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from resnet_cifar import ResNet9  # noqa: E402
-from resnet_cifar.preprocess import normalize  # noqa: E402
+from resnet_cifar.evaluate import predict_split  # noqa: E402
 from training import speed  # noqa: E402
 from training.cli import model_config_of, resolve_input_path, resolve_precision  # noqa: E402
 from training.config import ConfigError, RunConfig, build_parser, resolve  # noqa: E402
@@ -60,19 +60,13 @@ def pick_device(accelerator: str) -> torch.device:
 
 
 def evaluate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, mean: tuple, std: tuple,
-             device: torch.device, batch_size: int = 1000) -> tuple[float, float]:
-    """Test accuracy, plain and with the flip, in fp32 and eval mode on contiguous weights (as LitResNet.test_step)."""
-    model.eval().to(memory_format=torch.contiguous_format)
-    right = right_tta = 0
-    with torch.no_grad():
-        for start in range(0, len(labels), batch_size):
-            x = normalize(images[start:start + batch_size], mean, std).to(device)
-            y = torch.from_numpy(labels[start:start + batch_size].astype(np.int64)).to(device)
-            probs = F.softmax(model(x).float(), dim=1)
-            tta = (probs + F.softmax(model(x.flip(3)).float(), dim=1)) / 2
-            right += int((probs.argmax(1) == y).sum())
-            right_tta += int((tta.argmax(1) == y).sum())
-    return right / len(labels), right_tta / len(labels)
+             batch_size: int = 1000) -> tuple[float, float]:
+    """Test accuracy, plain and with the flip, by the evaluation LitResNet.test_step runs (resnet_cifar.evaluate):
+    fp32, eval mode, on contiguous weights."""
+    model.to(memory_format=torch.contiguous_format)
+    probs, tta = predict_split(model, images, mean, std, batch_size)
+    y = labels.astype(np.int64)
+    return float((probs.argmax(1) == y).mean()), float((tta.argmax(1) == y).mean())
 
 
 def train(config: RunConfig) -> dict[str, Any]:
@@ -141,7 +135,7 @@ def train(config: RunConfig) -> dict[str, Any]:
     if config.model.recalibrate_bn:
         with torch.no_grad():
             recalibrate_batchnorm(model, batches, dm.finish_batch)
-    accuracy, tta = evaluate(model, dm.test_set.images, dm.test_set.labels, dm.mean, dm.std, device)
+    accuracy, tta = evaluate(model, dm.test_set.images, dm.test_set.labels, dm.mean, dm.std)
     return {"loop": "plain PyTorch", "device": speed.device_name(device),
             "torch": torch.__version__, "precision": config.hardware.precision, "seed": config.seed,
             "test_accuracy": accuracy, "test_accuracy_tta": tta, "test_images": len(dm.test_set.labels),

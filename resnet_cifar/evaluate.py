@@ -45,14 +45,18 @@ def predict_split(model: torch.nn.Module, images: np.ndarray, mean: Sequence[flo
     return np.concatenate(plain), np.concatenate(tta)
 
 
+def per_class_accuracy(predictions: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+                       ) -> dict[str, float | None]:
+    """Accuracy over the images of each true class (None for a class with no image)."""
+    return {name: float((predictions[labels == c] == c).mean()) if (labels == c).any() else None
+            for c, name in enumerate(class_names)}
+
+
 def figures(probs: np.ndarray, tta: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     """Accuracy with and without flip TTA, per class, ECE (15 bins) and NLL: the figures a release states."""
     labels = np.asarray(labels, dtype=np.int64)
     predicted = probs.argmax(1)
-    per_class = {}
-    for index, name in enumerate(class_names):
-        mine = labels == index
-        per_class[name] = float((predicted[mine] == index).mean()) if mine.any() else None
+    per_class = per_class_accuracy(predicted, labels, class_names)
     return {"test_images": int(len(labels)), "test_accuracy": float((predicted == labels).mean()),
             "test_accuracy_tta": float((tta.argmax(1) == labels).mean()),
             "ece": calibration.expected_calibration_error(probs, labels),

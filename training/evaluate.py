@@ -23,19 +23,12 @@ COMPARED = (("test_accuracy", "test accuracy (no TTA)", None), ("test_accuracy_t
             ("ece", "ECE (15 bins)", 1e-3), ("test_loss", "NLL", 1e-3))
 
 
-def stated(source: str, revision: str | None) -> tuple[dict[str, Any] | None, float | None]:
-    """The release's metrics.json (None when it has none) and its card's accuracy (None when it states none)."""
-    from resnet_cifar.card import test_accuracy_of
-
+def stated_metrics(source: str, revision: str | None) -> dict[str, Any] | None:
+    """The release's metrics.json (None when it has none)."""
     try:
-        metrics = release.read_json(release.locate(source, release.METRICS_NAME, revision), release.METRICS_NAME)
+        return release.read_json(release.locate(source, release.METRICS_NAME, revision), release.METRICS_NAME)
     except FileNotFoundError:
-        metrics = None
-    try:
-        card = test_accuracy_of(release.locate(source, release.CARD_NAME, revision))
-    except (FileNotFoundError, ValueError):
-        card = None
-    return metrics, card
+        return None
 
 
 def compare(measured: dict[str, Any], metrics: dict[str, Any] | None, card: float | None) -> tuple[list[str], bool]:
@@ -78,13 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the measured figures here")
     args = parser.parse_args(argv)
     try:
-        model = release.read(args.source, revision=args.revision).model
-        metrics, card = stated(args.source, args.revision)
-        dm = CIFAR10DataModule(DataConfig(dataset=args.dataset, test_split=args.split))
-        data = dm.load()
+        loaded = release.read(args.source, revision=args.revision)  # the model, and the card's accuracy
+        model, card = loaded.model, loaded.test_accuracy
+        metrics = stated_metrics(args.source, args.revision)
+        config = DataConfig(dataset=args.dataset, test_split=args.split)
+        data = CIFAR10DataModule(config).load()
         if args.split not in data:
             raise ValueError(f"{args.dataset}: no split {args.split!r}; it has splits {list(data.keys())}")
-        images, labels = decode_split(data[args.split], "img", "label", model.num_classes,
+        images, labels = decode_split(data[args.split], config.image_column, config.label_column, model.num_classes,
                                       f"{args.dataset} split {args.split!r}")
     except NETWORK_ERRORS as err:
         print(f"resnet-cifar-eval: error: {first_line(err, 500)}", file=sys.stderr)

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from resnet_cifar import ResNet9, gradcam  # noqa: E402
+from resnet_cifar import ResNet9, evaluate, gradcam  # noqa: E402
 from resnet_cifar.calibration import Calibration, ece_of, reliability  # noqa: E402
 from resnet_cifar.captions import MISTAKE_LEGEND  # noqa: E402
 from resnet_cifar.preprocess import normalize  # noqa: E402
@@ -28,11 +28,7 @@ GRID_IMAGES = 20  # mistakes shown in the misclassified and Grad-CAM grids
 
 def per_class_accuracy(evaluation: Evaluation, class_names: Sequence[str]) -> dict[str, float | None]:
     """Accuracy over the test images of each true class (None for a class with no test image)."""
-    preds, labels = evaluation.predictions, evaluation.labels
-    return {
-        name: float((preds[labels == c] == c).mean()) if (labels == c).any() else None
-        for c, name in enumerate(class_names)
-    }
+    return evaluate.per_class_accuracy(evaluation.predictions, evaluation.labels, class_names)
 
 
 def confusion_matrix(evaluation: Evaluation, num_classes: int) -> np.ndarray:
