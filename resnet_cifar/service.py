@@ -17,7 +17,7 @@ import numpy as np
 
 from . import captions, release
 from .gradcam import check_layer, check_opacity, overlay
-from .model import short, whole_number
+from .checks import short, whole_number
 from .preprocess import load_image, resize_rgb
 from .serving import Explainer, UploadFolder
 

@@ -31,7 +31,8 @@ import torch
 from PIL import Image
 
 from .gradcam import explain
-from .model import ResNet9, short
+from .checks import short
+from .model import ResNet9
 from .preprocess import load_image
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import contextlib  # noqa: E402
+import io  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
@@ -133,7 +135,7 @@ class FakeHub:
 def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
     """Replace the network edge (every hf_hub_download the library reaches) with a local FakeHub."""
     hub = FakeHub(tmp_path / "hub")
-    for module in ("resnet_cifar.release", "huggingface_hub.hub_mixin"):
+    for module in ("resnet_cifar.layout", "huggingface_hub.hub_mixin"):
         monkeypatch.setattr(f"{module}.hf_hub_download", hub.hf_hub_download)
     return hub
 
@@ -330,3 +332,19 @@ def sample_split(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
 
     data = datasets.load_dataset(str(SAMPLE), cache_dir=local_cache_dir(SAMPLE))[split]
     return np.stack([np.asarray(im.convert("RGB")) for im in data["img"]]), np.asarray(data["label"])
+
+
+def run_cli(argv: list[str], env: dict | None = None) -> tuple[int, str]:
+    """resnet-cifar-train (training.cli.main) in this process: (exit status, everything it printed)."""
+    from training import cli  # Lightning loads only for the tests that train
+
+    buffer = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in (env or {}).items():
+            mp.setenv(key, value)
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            try:
+                code = cli.main(argv)
+            except SystemExit as exit_:
+                code = exit_.code
+    return code, buffer.getvalue()

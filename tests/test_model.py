@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import resnet_cifar
 from resnet_cifar import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, ResNet9, count_parameters
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -287,6 +288,9 @@ def test_from_hub_repo_id_with_revision(fake_hub, release_dir, model):
     assert not loaded.training
     assert {c["filename"] for c in fake_hub.calls} == {"config.json", "model.safetensors"}
     assert all(c["repo_id"] == "someone/resnet9" and c["revision"] == "v1.0" for c in fake_hub.calls)
+    # Every download says who asks, as timm's do: the Hub counts the library's users by it.
+    assert all(c["library_name"] == "resnet-cifar" and c["library_version"] == resnet_cifar.__version__
+               for c in fake_hub.calls)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)

@@ -13,7 +13,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from resnet_cifar.errors import first_line
-from resnet_cifar.model import short
+from resnet_cifar.checks import short
 
 from .config import RunConfig
 

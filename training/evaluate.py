@@ -14,7 +14,8 @@ from resnet_cifar.errors import first_line
 from resnet_cifar.evaluate import figures, predict_split
 from resnet_cifar.hub import NETWORK_ERRORS
 
-from .config import DEFAULT_DATASET, DataConfig
+from . import commands
+from .config import DataConfig
 from .data import CIFAR10DataModule, decode_split
 
 # (key in metrics.json, words, tolerance in the figure's own unit). Accuracies may differ by one image (a float
@@ -60,16 +61,13 @@ def compare(measured: dict[str, Any], metrics: dict[str, Any] | None, card: floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="resnet-cifar-eval", description=__doc__.splitlines()[0])
-    parser.add_argument("source", metavar="SOURCE", help="a release folder or a Hub repo id (owner/name)")
-    parser.add_argument("--revision", default=None, help="Hub revision of the release")
-    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="Hub dataset id or local folder in its layout "
-                                                                   f"(default: {DEFAULT_DATASET})")
-    parser.add_argument("--split", default="test", help="the split to measure (default: test)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="measure the first N images (default: as many as the release states, else all)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the measured figures here")
-    args = parser.parse_args(argv)
+    """resnet-cifar-eval in this process (the console command is commands.evaluate)."""
+    parser = commands.eval_parser()
+    return run(parser, parser.parse_args(argv))
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Measure, compare, report: the exit status of resnet-cifar-eval."""
     try:
         loaded = release.read(args.source, revision=args.revision)  # the model, and the card's accuracy
         model, card = loaded.model, loaded.test_accuracy
