@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -11,7 +13,8 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .preprocess import CIFAR10_CLASSES
-from .release import CARD_NAME, CONFIG_NAME, MISCLASSIFIED_NAME, PLOTS, TRAINING_CONFIG_NAME, WEIGHTS_NAME
+from .layout import (CARD_NAME, CONFIG_NAME, LIBRARY_NAME, LICENSE, MISCLASSIFIED_NAME, PLOTS, TAGS, TRAINING_CONFIG_NAME,
+                     WEIGHTS_NAME)
 
 DEFAULT_DATASET = "uoft-cs/cifar10"
 
@@ -31,6 +34,8 @@ class CardInfo:
     macs: float | None = None  # multiply-accumulates of one forward pass on one 32x32 image
     augmentation: str | None = None
     repo_id: str | None = None
+    activation: str = "ReLU"  # as the card names the model's nonlinearity: ReLU, or CELU (alpha 0.3)
+    folder: str | None = None  # the release folder's own path: the usage snippet's source when there is no repo_id
     class_names: tuple[str, ...] = CIFAR10_CLASSES
     test_loss: float | None = None
     tta_accuracy: float | None = None
@@ -43,7 +48,7 @@ class CardInfo:
     train_time: str | None = None
     epochs_table: list[dict[str, Any]] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)  # release file names, shown with their captions from PLOTS
-    license: str = "mit"
+    license: str = LICENSE
 
 
 def template() -> str:
@@ -63,9 +68,9 @@ def card_data(info: CardInfo) -> ModelCardData:
         raise ValueError(f"test_accuracy must be a fraction in [0, 1], got {info.test_accuracy!r}")
     dataset_name = "CIFAR-10" if info.dataset == DEFAULT_DATASET else Path(info.dataset).name
     return ModelCardData(
-        library_name="resnet-cifar",
+        library_name=LIBRARY_NAME,
         license=info.license,
-        tags=["image-classification", "cifar10", "resnet", "pytorch", "pytorch-lightning", "model_hub_mixin"],
+        tags=[*TAGS, "pytorch-lightning", "model_hub_mixin"],
         datasets=[DEFAULT_DATASET],
         metrics=["accuracy"],
         pipeline_tag="image-classification",
@@ -101,11 +106,24 @@ def render(info: CardInfo) -> ModelCard:
         plot_captions=PLOTS,
         dataset_label=f"`{info.dataset}`" if info.dataset == DEFAULT_DATASET else
         f"the local dataset folder `{Path(info.dataset).name}`",
-        source=f'"{info.repo_id}"' if info.repo_id else '"path/to/release"',
+        source=python_string(info.repo_id or info.folder or "."),
         **{k: v for k, v in vars(info).items() if k != "license"},
     )
     validate(card.content, info.test_accuracy)
     return card
+
+
+USAGE_SOURCE = re.compile(r"""(ResNet9\.from_pretrained|load_misclassified)\(("[^"\n]*"|'[^'\n]*')\)""")
+
+
+def python_string(text: str) -> str:
+    """`text` as a Python string literal for the card's code: the snippet runs as written."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def point_usage_to(content: str, source: str) -> str:
+    """The card with its usage snippet loading `source` (the repo it is pushed to), so it runs verbatim there."""
+    return USAGE_SOURCE.sub(lambda match: f"{match.group(1)}({python_string(source)})", content)
 
 
 def validate(content: str, expected_accuracy: float | None = None) -> dict[str, Any]:

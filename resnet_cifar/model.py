@@ -14,47 +14,42 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from . import release
+from . import layout
+from .checks import short, whole_number
 from .preprocess import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, ImageLike, preprocess
-from .release import CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
+from .layout import CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
 
 MAX_CLASSES = 1000  # the linear head is 512 x num_classes: a config asking for millions would allocate gigabytes
 MAX_NAME_LENGTH = 100
 STD_RANGE = (1e-3, 1.0)  # the spread of pixel values in [0, 1]: above 0 by more than rounding, at most 1
+ACTIVATIONS = ("relu", "celu")  # relu: the course's ResNet-9; celu: Page's smoothed ReLU (bag of tricks)
+CELU_ALPHA_RANGE = (0.01, 10.0)
 
 
-def short(value: Any, limit: int = 60) -> str:
-    """repr(value), cut to `limit` characters: errors echo what they got, never a whole payload."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def activation_layer(activation: str = "relu", celu_alpha: float = 0.3) -> nn.Module:
+    """The nonlinearity after every batch norm; it has no weights, so both kinds share one weights layout."""
+    # Not inplace: Grad-CAM hooks on a block need its activations intact.
+    return nn.CELU(alpha=celu_alpha) if activation == "celu" else nn.ReLU()
 
 
-def whole_number(value: Any, name: str, low: int, high: int) -> int:
-    """`value` as an int in [low, high]; 3 and 3.0 pass, 2.5, True, "3", NaN and None do not (ValueError)."""
-    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-          and float(value).is_integer() and low <= value <= high)
-    if not ok:
-        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {short(value)}")
-    return int(value)
-
-
-def conv_bn(in_channels: int, out_channels: int, pool: bool = False) -> nn.Sequential:
-    """3x3 conv (no bias), optional 2x2 max-pool, batch norm, ReLU: the unit every block is made of."""
+def conv_bn(in_channels: int, out_channels: int, pool: bool = False, activation: str = "relu",
+            celu_alpha: float = 0.3) -> nn.Sequential:
+    """3x3 conv (no bias), optional 2x2 max-pool, batch norm, activation: the unit every block is made of."""
     layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)]
     if pool:
         layers.append(nn.MaxPool2d(2))
-    # Not inplace: Grad-CAM hooks on a block need its activations intact.
-    layers += [nn.BatchNorm2d(out_channels), nn.ReLU()]
+    layers += [nn.BatchNorm2d(out_channels), activation_layer(activation, celu_alpha)]
     return nn.Sequential(*layers)
 
 
 class ResidualLayer(nn.Module):
-    """conv-pool-BN-ReLU, then optionally x + res(x) with res two conv-BN-ReLU at the same width."""
+    """conv-pool-BN-act, then optionally x + res(x) with res two conv-BN-act at the same width."""
 
-    def __init__(self, in_channels: int, out_channels: int, residual: bool) -> None:
+    def __init__(self, in_channels: int, out_channels: int, residual: bool, **act: Any) -> None:
         super().__init__()
-        self.conv = conv_bn(in_channels, out_channels, pool=True)
-        self.res = nn.Sequential(conv_bn(out_channels, out_channels), conv_bn(out_channels, out_channels)) if residual else None
+        self.conv = conv_bn(in_channels, out_channels, pool=True, **act)
+        self.res = (nn.Sequential(conv_bn(out_channels, out_channels, **act), conv_bn(out_channels, out_channels, **act))
+                    if residual else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the block output (after the residual addition, so hooks see the sum)."""
@@ -80,6 +75,7 @@ def validate_config(config: Mapping[str, Any], where: str = "ResNet9") -> None:
     n, names = config.get("num_classes", 10), config.get("class_names", CIFAR10_CLASSES)
     mean, std = config.get("mean", CIFAR10_MEAN), config.get("std", CIFAR10_STD)
     dropout, logit_scale = config.get("dropout", 0.0), config.get("logit_scale", 1.0)
+    activation, alpha = config.get("activation", "relu"), config.get("celu_alpha", 0.3)
     problems = []
     if not (isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= MAX_CLASSES):
         problems.append(f"num_classes must be an integer from 2 to {MAX_CLASSES}, got {short(n)}")
@@ -99,6 +95,11 @@ def validate_config(config: Mapping[str, Any], where: str = "ResNet9") -> None:
         problems.append(f"dropout must be a number in [0, 1), got {short(dropout)}")
     if not (_real(logit_scale) and 0.0 < logit_scale <= 1000.0):
         problems.append(f"logit_scale must be a number in (0, 1000], got {short(logit_scale)}")
+    if not (isinstance(activation, str) and activation in ACTIVATIONS):
+        problems.append(f"activation must be one of {', '.join(ACTIVATIONS)}, got {short(activation)}")
+    if not (_real(alpha) and CELU_ALPHA_RANGE[0] <= alpha <= CELU_ALPHA_RANGE[1]):
+        problems.append(f"celu_alpha must be a number in [{CELU_ALPHA_RANGE[0]:g}, {CELU_ALPHA_RANGE[1]:g}], "
+                        f"got {short(alpha)}")
     if problems:
         raise ValueError(f"{where}: " + "; ".join(problems))
 
@@ -106,10 +107,10 @@ def validate_config(config: Mapping[str, Any], where: str = "ResNet9") -> None:
 class ResNet9(
     nn.Module,
     PyTorchModelHubMixin,
-    library_name="resnet-cifar",
+    library_name=layout.LIBRARY_NAME,
     pipeline_tag="image-classification",
-    license="mit",
-    tags=["image-classification", "cifar10", "resnet", "pytorch"],
+    license=layout.LICENSE,
+    tags=list(layout.TAGS),
 ):
     """The ResNet-9 of the course (6.57 M parameters) for 32x32 RGB images; returns logits.
 
@@ -124,19 +125,24 @@ class ResNet9(
         std: Sequence[float] = CIFAR10_STD,
         dropout: float = 0.0,
         logit_scale: float = 1.0,
+        activation: str = "relu",
+        celu_alpha: float = 0.3,
     ) -> None:
         super().__init__()
         validate_config({"num_classes": num_classes, "class_names": class_names, "mean": mean, "std": std,
-                         "dropout": dropout, "logit_scale": logit_scale})
+                         "dropout": dropout, "logit_scale": logit_scale, "activation": activation,
+                         "celu_alpha": celu_alpha})
         self.num_classes = num_classes
         self.class_names: tuple[str, ...] = tuple(class_names)
         self.mean: tuple[float, ...] = tuple(float(v) for v in mean)
         self.std: tuple[float, ...] = tuple(float(v) for v in std)
         self.logit_scale = float(logit_scale)
-        self.prep = conv_bn(3, 64)
-        self.layer1 = ResidualLayer(64, 128, residual=True)
-        self.layer2 = ResidualLayer(128, 256, residual=False)
-        self.layer3 = ResidualLayer(256, 512, residual=True)
+        self.activation, self.celu_alpha = activation, float(celu_alpha)
+        act = {"activation": activation, "celu_alpha": float(celu_alpha)}
+        self.prep = conv_bn(3, 64, **act)
+        self.layer1 = ResidualLayer(64, 128, residual=True, **act)
+        self.layer2 = ResidualLayer(128, 256, residual=False, **act)
+        self.layer3 = ResidualLayer(256, 512, residual=True, **act)
         self.pool = nn.MaxPool2d(4)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(512, num_classes)
@@ -193,7 +199,7 @@ class ResNet9(
     def _save_pretrained(self, save_directory: Path) -> None:
         """The mixin's safetensors weights file, but a failed write (a full disk) is an OSError naming the file."""
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        release.save_tensors(state, Path(save_directory) / WEIGHTS_NAME, metadata={"format": "pt"}, framework="torch")
+        layout.save_tensors(state, Path(save_directory) / WEIGHTS_NAME, metadata={"format": "pt"}, framework="torch")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "ResNet9":
@@ -213,13 +219,13 @@ class ResNet9(
         download = {k: kwargs[k] for k in ("revision", "cache_dir", "force_download", "local_files_only", "token")
                     if k in kwargs}
         try:
-            config_file = release.locate(source, CONFIG_NAME, **download)
+            config_file = layout.locate(source, CONFIG_NAME, **download)
         except FileNotFoundError as err:
             raise FileNotFoundError(
                 f"{err}: a resnet-cifar release carries its config (num_classes, class_names, mean, std) beside "
                 f"{WEIGHTS_NAME}"
             ) from err
-        cls.check_config(release.read_json(config_file, f"{CONFIG_NAME} of {source!r}"), source)
+        cls.check_config(layout.read_json(config_file, f"{CONFIG_NAME} of {source!r}"), source)
         return super().from_pretrained(source, **kwargs)
 
     @classmethod
@@ -253,7 +259,7 @@ class ResNet9(
             local_files_only=local_files_only, token=token,
         )
         model = cls(**model_kwargs)
-        state = release.load_tensors(weights_file, f"{WEIGHTS_NAME} of {model_id!r}", framework="torch")
+        state = layout.load_tensors(weights_file, f"{WEIGHTS_NAME} of {model_id!r}", framework="torch")
         _check_state_dict(model, state, model_id, strict)
         model.load_state_dict(state, strict=strict)
         return model.to(map_location).eval()
@@ -266,7 +272,7 @@ def _weights_file(model_id: str, **download_kwargs: Any) -> str:
         "(pickle can run arbitrary code); re-save the model with save_pretrained()"
     )
     try:
-        return release.locate(model_id, WEIGHTS_NAME, **download_kwargs)
+        return layout.locate(model_id, WEIGHTS_NAME, **download_kwargs)
     except FileNotFoundError as err:
         found = [n for n in PICKLE_NAMES if os.path.isdir(model_id) and os.path.isfile(os.path.join(model_id, n))]
         raise FileNotFoundError(refusal + (f"; found only {found}" if found else "")) from err

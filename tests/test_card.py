@@ -3,6 +3,7 @@
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from huggingface_hub import ModelCard
 
 from resnet_cifar import CIFAR10_CLASSES
 from resnet_cifar import card  # card.test_accuracy_of: imported bare, pytest would collect it as a test
-from resnet_cifar.card import CardInfo, render, template, validate
+from resnet_cifar.card import CardInfo, point_usage_to, render, template, validate
 
 
 def info(**overrides) -> CardInfo:
@@ -86,12 +87,22 @@ def test_a_plot_that_is_not_a_release_file_is_refused():
 
 
 def test_the_card_points_at_nothing_that_does_not_exist():
-    content = render(info()).content
-    assert "github.com" not in content and "owner/" not in content
-    assert 'ResNet9.from_pretrained("path/to/release")' in content
+    content = render(info(folder="/data/runs/r1/release")).content
+    assert "github.com" not in content and "owner/" not in content and "path/to" not in content
+    assert "pypi.org" not in content and "pip install resnet-cifar" not in content, "no index entry that does not exist"
+    assert 'ResNet9.from_pretrained("/data/runs/r1/release")' in content
+    assert 'load_misclassified("/data/runs/r1/release")' in content
     pushed = render(info(repo_id="someone/resnet9")).content
     assert 'ResNet9.from_pretrained("someone/resnet9")' in pushed
     assert 'load_misclassified("someone/resnet9")' in pushed
+
+
+def test_a_push_points_the_usage_snippet_at_the_repo_it_goes_to():
+    local = render(info(folder="/data/runs/r1/release")).content
+    pushed = point_usage_to(local, "someone/resnet9")
+    assert "/data/runs/r1/release" not in pushed
+    assert pushed.count('"someone/resnet9"') == local.count('"/data/runs/r1/release"') >= 2
+    validate(pushed, 0.9312)  # still a valid card with the same figures
 
 
 def test_per_class_rows_of_a_class_without_test_images():
@@ -159,3 +170,40 @@ def test_the_card_says_where_the_model_comes_from_and_what_it_is_not_for():
     assert "- **Image size:** 32 x 32 RGB" in content and "50,000 training and 10,000 test photos" in content
     assert "## Intended use and limitations" in content and "still gets one of these 10 classes" in content
     assert "GMACs" not in render(info()).content, "no figure the card was not given"
+
+
+@pytest.mark.slow
+def test_the_cards_install_lines_and_usage_snippet_run_verbatim_in_a_fresh_environment(tmp_path):
+    """What a Hub visitor does: build the wheel as the card says, install it in a new virtual environment, run the
+    snippet exactly as the card prints it against the release folder it names."""
+    from conftest import ROOT, make_release
+
+    folder = make_release(tmp_path / "release")
+    content = render(info(folder=str(folder))).content
+    usage = content[content.index("## Usage"):]
+    build_line = re.search(r"`(pip wheel [^`]+)`", usage).group(1)
+    install_line = re.search(r"`(pip install [^`]+)`", usage).group(1)
+    snippet = re.search(r"```python\n(.*?)```", usage, re.S).group(1)
+    source = tmp_path / "resnet-cifar"  # the source tree, as a Space or a checkout carries it
+    shutil.copytree(ROOT / "resnet_cifar", source / "resnet_cifar", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    python = sys.executable
+    subprocess.run(build_line.replace("pip ", f"{python} -m pip ", 1), shell=True, cwd=source, check=True,
+                   capture_output=True, timeout=600)
+    venv = tmp_path / "venv"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = f"{venv / 'bin' / 'python'} -m pip"
+    # This machine's CPU build of torch first (a bare `torch` would fetch CUDA wheels here); the card's line then
+    # installs the wheel and the rest of its requirements, verbatim.
+    subprocess.run(f"{pip} install -q torch==2.13.0", shell=True, check=True, capture_output=True, timeout=900)
+    subprocess.run(install_line.replace("pip ", f"{pip} ", 1) + " -q", shell=True, cwd=source, check=True,
+                   capture_output=True, timeout=900)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", snippet], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("[[('") and "site-packages/resnet_cifar" not in result.stderr
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import resnet_cifar; print(resnet_cifar.__file__)"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120).stdout
+    assert str(venv) in where, "the wheel's copy ran, not this checkout"

@@ -3,12 +3,11 @@ the push, and every way a run, a resume or a push can go wrong without losing wh
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import math
 import os
+import re
 import pickle
 import resource
 import shutil
@@ -23,7 +22,7 @@ import httpx2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SAMPLE, TOKEN, FakeHubApi, sample_split, tree_digest
+from conftest import ROOT, SAMPLE, TOKEN, FakeHubApi, run_cli, sample_split, tree_digest
 from huggingface_hub.errors import HfHubHTTPError
 
 from resnet_cifar import ResNet9, card, release
@@ -32,20 +31,6 @@ from training import cli
 from training.publish import PublishError, publish
 
 SMOKE = ["--dataset", str(SAMPLE), "--batch-size", "32", "--num-workers", "0"]
-
-
-def run_cli(argv: list[str], env: dict | None = None) -> tuple[int, str]:
-    """cli.main in this process: (exit status, everything it printed)."""
-    buffer = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in (env or {}).items():
-            mp.setenv(key, value)
-        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-            try:
-                code = cli.main(argv)
-            except SystemExit as exit_:
-                code = exit_.code
-    return code, buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +126,9 @@ def test_a_run_measured_on_part_of_the_test_split_says_so_in_its_model_index(fin
     result = meta["model-index"][0]["results"][0]
     assert result["dataset"]["split"] == "test[:64]" and result["metrics"][0]["name"] == "Test accuracy (64 images)"
     assert "Measured on the first 64 of the 300 images of the test split (not the whole split)" in readme
+    # And the training figures say what ran: 3 batches of 32 an epoch, not the whole training split.
+    assert re.search(r"2 epochs, 6 optimizer steps, 192 images in all: 96 of the [\d,]+ training images an epoch "
+                     r"\(a run limited by --limit-train-batches\)", readme), readme
 
 
 def test_the_progress_bar_counts_epochs_from_one(trained):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,9 @@ def test_recipes_resolve_and_flags_override_them():
     (["--momentum", "1"], r"--momentum must be a number in \[0, 1\)"),
     (["--cutout", "40"], "--cutout must be a whole number from 0 to 32"),
     (["--ema-decay", "1.5"], r"--ema-decay must be a number in \(0, 1\)"),
+    (["--ema-every", "0"], "--ema-every must be a whole number >= 1"),
+    (["--bias-lr-scale", "0"], r"--bias-lr-scale must be a number in \(0, 1000\]"),
+    (["--celu-alpha", "20"], r"--celu-alpha must be a number in \[0.01, 10\]"),
     (["--val-fraction", "1"], r"--val-fraction must be a number in \[0, 1\)"),
 ])
 def test_bad_values_are_refused_naming_the_flag_and_what_is_allowed(argv, words):
@@ -82,6 +87,9 @@ def test_argparse_refuses_unknown_choices(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--optimizer", "rmsprop"])
     assert "invalid choice: 'rmsprop'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--activation", "gelu"])
+    assert "invalid choice: 'gelu' (choose from 'relu', 'celu')" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text, words", [
@@ -142,3 +150,20 @@ def test_augmentation_words_follow_the_config():
     assert "cutout" in cfg.AugmentConfig().describe()
     assert "cutout" not in cfg.AugmentConfig(cutout_p=0).describe()
     assert cfg.AugmentConfig(pad=0, flip_p=0, cutout=0).describe().startswith("none")
+
+
+@pytest.mark.parametrize("command, argv", [
+    ("train", ["--help"]), ("train", ["--epochs", "0"]), ("train", ["--activation", "gelu"]),
+    ("push", ["--help"]), ("push", []), ("evaluate", ["--help"]), ("evaluate", []),
+])
+def test_help_and_bad_arguments_answer_before_torch_lightning_or_datasets_load(command, argv):
+    """The console commands parse first: --help and a bad argument never wait for the heavy imports."""
+    code = ("import sys\nfrom training import commands\n"
+            f"try:\n    commands.{command}({argv!r})\nexcept SystemExit as exit_:\n    status = exit_.code\n"
+            "heavy = sorted(m for m in ('torch', 'lightning', 'datasets', 'gradio', 'huggingface_hub') if m in sys.modules)\n"
+            "print('STATUS', status, 'HEAVY', heavy)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert "HEAVY []" in result.stdout, result.stdout + result.stderr[-2000:]
+    assert ("STATUS 0" if argv == ["--help"] else "STATUS 2") in result.stdout
+    if argv != ["--help"]:
+        assert result.stderr.strip().splitlines()[-1].startswith(f"resnet-cifar-{command.replace('uate', '')}: error:")

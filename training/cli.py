@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,11 @@ from lightning.pytorch.tuner import Tuner
 
 from resnet_cifar import ResNet9, calibration, card, count_parameters, release
 from resnet_cifar.hub import PublishError, check_repo_id, check_write_access
-from resnet_cifar.model import forward_macs, short
+from resnet_cifar.checks import short
+from resnet_cifar.model import forward_macs
 
-from . import checkpoints, output_lock, report, speed
-from .config import ConfigError, RunConfig, build_parser, resolve
+from . import checkpoints, commands, output_lock, report, speed, whiten
+from .config import ConfigError, RunConfig
 from .data import CIFAR10DataModule
 from .module import Evaluation, LitResNet, recalibrate_batchnorm, schedule_of
 from .publish import publish
@@ -99,6 +102,54 @@ def check_hardware(config: RunConfig) -> None:
         raise ConfigError(f"--devices {text}: this machine has GPUs 0 to {have - 1}, each named once")
 
 
+# What Lightning and torch print that a user of this command does not need (each checked by a test that runs the
+# command): deprecations inside Lightning, a summary that cannot size bf16 and counts 0 FLOPs (the run prints its
+# own figures), an empty validation list when --val-fraction is 0, and the checkpoint loader's weights_only notice
+# (every checkpoint is read weights-only by checkpoints.AtomicCheckpointIO whatever the caller asks).
+QUIET_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r"Precision .* is not supported by the model summary.*",
+    r"Total length of `.*` across ranks is zero.*",
+    r"The number of training batches \(\d+\) is smaller than the logging interval.*",
+    r".*`weights_only` was not set.*",
+)
+
+
+class _NoTips(logging.Filter):
+    """Lightning's advertisement for its cloud logger, printed once per Trainer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
+def quiet() -> None:
+    """Keep a run's console to what its user needs (QUIET_WARNINGS, Lightning's tips)."""
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _NoTips) for f in log.filters):
+            log.addFilter(_NoTips())
+
+
+def release_average(trainer: L.Trainer, lit: LitResNet) -> None:
+    """Put the EMA of the weights into the model once fit returns, however it returned.
+
+    Lightning's EMAWeightAveraging copies the average in at on_train_end, but a fit resumed from the checkpoint of
+    a finished run skips the training loop and that hook with it (FitLoop.run returns at once when done), leaving
+    the checkpoint's current weights, not their average: the release would silently lose its EMA. Copying again
+    after a normal end changes nothing (the model already holds the average).
+    """
+    for callback in trainer.callbacks:
+        average = getattr(callback, "_average_model", None) if isinstance(callback, EMAWeightAveraging) else None
+        if average is not None:
+            with torch.no_grad():
+                for current, averaged in zip(lit.parameters(), average.module.parameters()):
+                    current.copy_(averaged)
+                for current, averaged in zip(lit.buffers(), average.module.buffers()):
+                    current.copy_(averaged)
+
+
 def make_trainer(config: RunConfig, resumed: dict[str, Any] | None = None) -> L.Trainer:
     """A Trainer with CSV logs, an atomically written last-epoch checkpoint and per-step LR logging.
 
@@ -118,7 +169,7 @@ def make_trainer(config: RunConfig, resumed: dict[str, Any] | None = None) -> L.
                                             every_n_epochs=every, enable_version_counter=False))
     if config.optim.ema_decay is not None:
         # Swaps the average into the model at the end of fit, so test and release use it.
-        callbacks.append(EMAWeightAveraging(decay=config.optim.ema_decay))
+        callbacks.append(EMAWeightAveraging(decay=config.optim.ema_decay, update_every_n_steps=config.optim.ema_every))
     return L.Trainer(
         max_epochs=config.optim.epochs,
         accelerator=hw.accelerator,
@@ -137,6 +188,7 @@ def make_trainer(config: RunConfig, resumed: dict[str, Any] | None = None) -> L.
         limit_train_batches=hw.limit_train_batches,
         limit_test_batches=hw.limit_test_batches,
         log_every_n_steps=5,
+        enable_model_summary=False,  # it counts 0 FLOPs and cannot size bf16: the run prints its own line (pipeline)
         num_sanity_val_steps=0,
     )
 
@@ -197,8 +249,11 @@ def suggest_max_lr(lrs: list[float], losses: list[float], steps: int) -> float:
 
 def model_config_of(dm: CIFAR10DataModule, config: RunConfig) -> dict[str, Any]:
     """ResNet9's init kwargs for a run: the dataset's classes and statistics, the config's model settings."""
-    return {"num_classes": dm.num_classes, "class_names": list(dm.class_names), "mean": list(dm.mean),
-            "std": list(dm.std), "dropout": config.model.dropout, "logit_scale": config.model.logit_scale}
+    model = {"num_classes": dm.num_classes, "class_names": list(dm.class_names), "mean": list(dm.mean),
+             "std": list(dm.std), "dropout": config.model.dropout, "logit_scale": config.model.logit_scale}
+    if config.model.activation != "relu":  # the course's network keeps the config (and checkpoints) it always had
+        model.update(activation=config.model.activation, celu_alpha=config.model.celu_alpha)
+    return model
 
 
 def resolve_resume(config: RunConfig) -> Path | None:
@@ -348,6 +403,8 @@ def write_release(config: RunConfig, lit: LitResNet, dm: CIFAR10DataModule, trai
             parameters=count_parameters(model),
             macs=forward_macs(model.num_classes),
             repo_id=config.output.push_to_hub,
+            folder=str((config.output.output_dir / "release").resolve()),
+            activation=(f"CELU (alpha {model.celu_alpha:g})" if model.activation == "celu" else "ReLU"),
             class_names=model.class_names,
             test_images=len(evaluation.labels),
             test_split_images=metrics["test_split_images"],
@@ -364,11 +421,17 @@ def write_release(config: RunConfig, lit: LitResNet, dm: CIFAR10DataModule, trai
 
 
 def train_time(metrics: dict[str, Any], train_images: int) -> str:
-    """What the card says of the fit: how long, how many steps and images, how fast, on what."""
+    """What the card says of the fit: how long, how many steps, how many of the training images each epoch really
+    saw (a run limited by --limit-train-batches says so), how fast, on what."""
     epochs = len(metrics.get("epoch_seconds") or [])
     seconds = metrics["train_seconds"] if epochs else metrics["fit_seconds"]
-    text = (f"{seconds / 60:.1f} min ({epochs or metrics['epochs']} epochs, {metrics['optimizer_steps']:,} optimizer "
-            f"steps over {train_images:,} training images")
+    text = f"{seconds / 60:.1f} min ({epochs or metrics['epochs']} epochs, {metrics['optimizer_steps']:,} optimizer steps"
+    seen = metrics.get("epoch_images") or []
+    if seen and min(seen) < train_images:
+        text += (f", {sum(seen):,} images in all: {min(seen):,} of the {train_images:,} training images an epoch "
+                 "(a run limited by --limit-train-batches)")
+    else:
+        text += f", all {train_images:,} training images each epoch"
     if metrics.get("images_per_second"):
         text += f", {metrics['images_per_second']:,.0f} images/s"
     return text + f") on {metrics['device']}, {metrics['precision']} ({metrics['precision_reason']})"
@@ -437,8 +500,16 @@ def pipeline(config: RunConfig) -> Path | None:
         print(f"max LR from the LR finder: {lit.max_lr:.4g}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    if config.model.whiten:  # a resumed run's checkpoint then restores the basis it was trained with
+        assert dm.train_set is not None
+        lit.set_whitening(whiten.basis_of(dm.train_set.images, dm.mean, dm.std))
+    total = sum(p.numel() for p in lit.model.parameters())
+    print(f"ResNet9: {total:,} parameters ({count_parameters(lit.model):,} trained), "
+          f"{forward_macs(lit.model.num_classes) / 1e9:.3f} GMACs per 32x32 image", flush=True)
     trainer.fit(lit, datamodule=dm, ckpt_path=resume, weights_only=True)
     fit_seconds = time.perf_counter() - start
+    release_average(trainer, lit)
+    lit.fold_whitening()  # the release's plain 3x3 prep convolution, before BatchNorm statistics and test
     if config.model.recalibrate_bn:
         with torch.no_grad():
             seen = recalibrate_batchnorm(lit.model, dm.train_dataloader(), dm.finish_batch)
@@ -482,10 +553,14 @@ def pipeline(config: RunConfig) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of resnet-cifar-train."""
-    parser = build_parser(description=__doc__.splitlines()[0])
+    """resnet-cifar-train in this process (the console command is commands.train: the same, lighter to start)."""
+    return execute(*commands.parse_train(argv))
+
+
+def execute(parser: argparse.ArgumentParser, config: RunConfig) -> int:
+    """Check the hardware and the Hub id, train, release, push: the exit status of resnet-cifar-train."""
+    quiet()
     try:
-        config = resolve(parser.parse_args(argv))
         check_hardware(config)
         if config.output.push_to_hub is not None:
             check_repo_id(config.output.push_to_hub)
@@ -522,12 +597,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def push_main(argv: list[str] | None = None) -> int:
-    """Entry point of resnet-cifar-push: upload a finished release folder in one commit."""
-    parser = argparse.ArgumentParser(prog="resnet-cifar-push", description="Push a release folder to the Hub.")
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("repo_id", metavar="OWNER/NAME")
-    parser.add_argument("--private", action="store_true")
-    args = parser.parse_args(argv)
+    """resnet-cifar-push in this process (the console command is commands.push)."""
+    parser = commands.push_parser()
+    return push(parser, parser.parse_args(argv))
+
+
+def push(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Upload a finished release folder in one commit: the exit status of resnet-cifar-push."""
     try:
         check_repo_id(args.repo_id, "OWNER/NAME")
         release.files(args.folder)  # a complete release, before the network is asked anything

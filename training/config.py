@@ -26,7 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from resnet_cifar.errors import first_line
-from resnet_cifar.model import short
+from resnet_cifar.checks import short
 
 DEFAULT_DATASET = "uoft-cs/cifar10"
 OPTIMIZERS = ("adam", "sgd")
@@ -147,6 +147,13 @@ class ModelConfig:
                              "a number in [0, 1)")
     logit_scale: float = setting(1.0, "multiply the logits (0.125 in the DAWNBench ResNet-9)",
                                  between(0, 1000, low_open=True), "a number in (0, 1000]")
+    activation: Literal["relu", "celu"] = setting("relu", "the nonlinearity after every batch norm: relu (the course's "
+                                                          "ResNet-9) or celu (Page's bag of tricks); saved in "
+                                                          "config.json")
+    celu_alpha: float = setting(0.3, "CELU's alpha (with --activation celu)", between(0.01, 10), "a number in [0.01, 10]")
+    whiten: bool = setting(False, "train the prep convolution as a fixed whitening of the training images' 3x3 "
+                                  "patches followed by a learnt 1x1 convolution (Page's bag of tricks); the two fold "
+                                  "exactly into the release's one 3x3 prep convolution")
     channels_last: bool = setting(True, "channels-last memory format: faster convolutions on CPU and GPU")
     calibrate: bool = setting(True, "after test, fit a temperature by two-fold cross-fitting on the test split and "
                                     "fold it into logit_scale, so the released probabilities are calibrated (ECE)")
@@ -180,6 +187,12 @@ class OptimConfig:
     ema_decay: float | None = setting(None, "keep an EMA of the weights (e.g. 0.999) and release it",
                                       optional(between(0, 1, low_open=True, high_open=True)), "a number in (0, 1)",
                                       default_text="no EMA")
+    ema_every: int = setting(1, "update the EMA every this many optimizer steps", whole_at_least(1),
+                             "a whole number >= 1")
+    bias_lr_scale: float = setting(1.0, "multiply the LR of every bias (BatchNorm shifts, the head's bias) by this and "
+                                        "divide their weight decay by it (64 in Page's bag of tricks)",
+                                   between(0, 1000, low_open=True), "a number in (0, 1000]")
+    freeze_bn_scale: bool = setting(False, "keep every BatchNorm scale at its initial 1 (not trained)")
 
 
 @dataclass

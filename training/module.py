@@ -16,6 +16,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 
 from resnet_cifar import ResNet9, evaluate
 
+from . import whiten
 from .config import RunConfig
 
 
@@ -69,6 +70,12 @@ class LitResNet(L.LightningModule):
         self.max_lr = self.config.optim.max_lr
         if self.config.model.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if self.config.optim.freeze_bn_scale:  # they stay at 1: the release saves them as the constants they are
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.weight.requires_grad_(False)
+        if self.config.model.whiten:  # the identity until the cli sets the training images' basis (set_whitening)
+            whiten.register(self.model.prep[0], channels_last=self.config.model.channels_last)
         # Only training steps run compiled: evaluation (fp32, contiguous, eval mode) would recompile for one pass.
         self.__dict__["train_forward"] = CompiledForward(self.model) if self.config.hardware.compile else self.model
         n = self.model.num_classes
@@ -77,6 +84,15 @@ class LitResNet(L.LightningModule):
         self._test_outputs: list[tuple[torch.Tensor, ...]] = []
         self.evaluation: Evaluation | None = None
         self.total_steps: int | None = None  # of the One Cycle schedule, once configure_optimizers has run
+
+    def set_whitening(self, basis: torch.Tensor) -> None:
+        """Train the prep convolution through this whitening basis (--whiten); a resumed run's checkpoint then
+        restores the basis it was trained with."""
+        whiten.set_basis(self.model.prep[0], basis)
+
+    def fold_whitening(self) -> None:
+        """Make the prep convolution one plain 3x3 weight again (after fit, before the BatchNorm pass and test)."""
+        whiten.fold(self.model.prep[0])
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.config.model.channels_last else x
@@ -157,7 +173,7 @@ class LitResNet(L.LightningModule):
         """Adam or SGD-Nesterov with OneCycleLR over exactly the steps the trainer will run."""
         if self.max_lr is None:
             raise ValueError("max_lr is not set: pass --max-lr or run the LR finder before fit")
-        opt = make_optimizer(self.parameters(), self.config, self.max_lr)
+        opt = make_optimizer(param_groups(self.model, self.config), self.config, self.max_lr)
         # The course computed steps by hand and stopped one epoch short; the trainer knows the real count.
         total = self.total_steps = int(self.trainer.estimated_stepping_batches)
         # cycle_momentum=True (OneCycleLR's default) would overwrite SGD's momentum with 0.95 -> 0.85 -> 0.95:
@@ -189,8 +205,20 @@ def recalibrate_batchnorm(model: torch.nn.Module, loader: Any, finish: Any = Non
     return seen
 
 
+def param_groups(model: torch.nn.Module, config: RunConfig) -> list[dict[str, Any]]:
+    """The trained parameters: one group, or weights and biases (every 1-d parameter) when --bias-lr-scale asks
+    for the biases' LR x scale and weight decay / scale (Page's bag of tricks). Frozen ones are left out."""
+    scale = config.optim.bias_lr_scale
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if scale == 1.0:
+        return [{"params": trained, "lr_scale": 1.0}]
+    return [{"params": [p for p in trained if p.ndim > 1], "lr_scale": 1.0},
+            {"params": [p for p in trained if p.ndim <= 1], "lr_scale": scale,
+             "weight_decay": config.optim.weight_decay / scale}]
+
+
 def make_optimizer(params: Any, config: RunConfig, max_lr: float) -> torch.optim.Optimizer:
-    """Adam, or SGD with Nesterov momentum, with the run's weight decay."""
+    """Adam, or SGD with Nesterov momentum, with the run's weight decay (a group's own wins)."""
     o = config.optim
     if o.optimizer == "adam":
         return torch.optim.Adam(params, lr=max_lr, weight_decay=o.weight_decay)
@@ -199,10 +227,12 @@ def make_optimizer(params: Any, config: RunConfig, max_lr: float) -> torch.optim
 
 def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, config: RunConfig
               ) -> torch.optim.lr_scheduler.OneCycleLR:
-    """The One Cycle schedule of a run (also used to plot the whole schedule before it has run)."""
+    """The One Cycle schedule of a run (also used to plot the whole schedule before it has run); a group with an
+    `lr_scale` peaks at max_lr x that scale."""
     o = config.optim
+    peaks = [max_lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=o.pct_start, anneal_strategy="linear",
+        optimizer, max_lr=peaks, total_steps=total_steps, pct_start=o.pct_start, anneal_strategy="linear",
         div_factor=o.div_factor, final_div_factor=o.final_div_factor, three_phase=False,
         cycle_momentum=o.cycle_momentum,
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from resnet_cifar import release
+from resnet_cifar import card, release
 from resnet_cifar.hub import NETWORK_ERRORS, PublishError, check_repo_id, commit, one_line
 
 __all__ = ["PublishError", "publish", "retry_command"]
@@ -22,13 +22,16 @@ def publish(folder: str | Path, repo_id: str, private: bool = False, token: str 
     """Create the repo if needed and upload the release's own files in one commit; return the commit URL.
 
     Only the names a release has (resnet_cifar.release.FILES), each a regular file read without following a
-    link: nothing else in the folder, nothing a symbolic link points to. The token comes from the argument,
+    link: nothing else in the folder, nothing a symbolic link points to. The card's usage snippet is pointed at
+    `repo_id` (the folder keeps its own), so it runs verbatim on the Hub page. The token comes from the argument,
     else HF_TOKEN or the saved login; it is never printed or written.
     """
     check_repo_id(repo_id)
     try:
         contents = {name: release.read_bytes(folder, name) for name in release.files(folder)}
-    except release.ReleaseError as err:
+        contents[release.CARD_NAME] = card.point_usage_to(contents[release.CARD_NAME].decode("utf-8"),
+                                                          repo_id).encode("utf-8")
+    except (release.ReleaseError, UnicodeDecodeError) as err:
         raise PublishError(f"{err}; nothing was pushed") from None
     api = HfApi(token=token)
     try:
