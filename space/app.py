@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 from starlette.middleware import Middleware
 
 from resnet_cifar import captions, release
-from resnet_cifar.gradcam import LAYER_DESCRIPTIONS, LAYERS
-from resnet_cifar.hub import NETWORK_ERRORS
+from resnet_cifar.checks import whole_number
 from resnet_cifar.errors import first_line
+from resnet_cifar.gradcam import LAYER_DESCRIPTIONS, LAYERS, check_layer, check_opacity, jet
+from resnet_cifar.hub import NETWORK_ERRORS
+from resnet_cifar.preprocess import ImageError
 from resnet_cifar.service import RUNNER_UP, LastRequests, Service
-from resnet_cifar.serving import ApiGate, Param, UploadFolder, return_freed_memory, save_image
+from resnet_cifar.serving import ApiGate, Param, UploadFolder, UploadRefused, return_freed_memory, save_image
 
 HERE = Path(__file__).resolve().parent
 BUNDLED_MODEL = HERE / "model"
@@ -59,9 +62,14 @@ class Settings:
 SETTINGS = Settings()
 
 
+class ImageRefused(gr.Error):
+    """A refused image (unreadable, too large, not an upload of this Space): the page takes it off."""
+
+
 def refusals_as_errors(handler):
-    """The one place library errors become what a visitor sees: one line, the library's own words. Logs the
-    server time of every request (decoding, model work, overlays; not gradio's own)."""
+    """The one place library errors become what a visitor sees: one line, the library's own words; a refused
+    image is an ImageRefused, a refused argument a plain gr.Error. Logs the server time of every request
+    (decoding, model work, overlays; not gradio's own)."""
 
     @functools.wraps(handler)
     def checked(*args):
@@ -70,6 +78,8 @@ def refusals_as_errors(handler):
             result = handler(*args)
             images, outcome = len(result) if isinstance(result, list) else 1, ""
             return result
+        except (ImageError, UploadRefused) as err:
+            raise ImageRefused(first_line(err, 400), print_exception=False) from None
         except (ValueError, TypeError) as err:
             raise gr.Error(first_line(err, 400), print_exception=False) from None
         finally:
@@ -117,7 +127,25 @@ CSS = """
 @media (max-width: 480px) { .fit-gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }
 #show-gradcam, #show-misclassified, #misclassified-gradcam { min-width: min(200px, 100%) !important; }
 #upload img { min-width: 128px; object-fit: contain !important; }
+/* The heatmap's colour scale: a bar between its two ends, in words. */
+.cam-scale { display: flex; align-items: center; gap: 8px; font-size: 0.9em; flex-wrap: wrap; }
+.cam-bar { flex: 1 1 160px; min-width: 120px; height: 14px; border-radius: 3px; }
 """
+
+SCALE_STOPS = 9
+
+
+def colour_scale(stops: int = SCALE_STOPS) -> str:
+    """The heatmap's legend: the very colour map the overlays use (gradcam.jet), from 0 to 1, in words."""
+    colours = ", ".join(f"rgb({r}, {g}, {b}) {100 * i / (stops - 1):g}%"
+                        for i, (r, g, b) in enumerate(jet(np.linspace(0.0, 1.0, stops)).tolist()))
+    return ('<div class="cam-scale"><span>0: no part in the class score</span>'
+            f'<div class="cam-bar" style="background: linear-gradient(to right, {colours});"></div>'
+            "<span>1: raised it most (each image scaled to its own peak)</span></div>")
+
+
+LAYER_LINE = "**What each layer shows:** " + " · ".join(LAYER_DESCRIPTIONS[n] for n in LAYERS)
+
 
 def model_line(loaded: release.Release) -> str:
     """Which model answers, for visitors: its Hub page and the accuracy its card states, never a server path."""
@@ -152,6 +180,8 @@ def layout(space: Space) -> dict[str, Any]:
         ui["opacity"] = gr.Slider(0, 1, s.default_opacity, step=0.05, label="Heatmap opacity", elem_id="opacity")
     ui["cam_gallery"] = gr.Gallery(label="Grad-CAM", columns=5, format="jpeg", elem_id="gradcam-gallery",
                                    elem_classes="fit-gallery")
+    gr.HTML(colour_scale(), elem_id="gradcam-scale")
+    gr.Markdown(LAYER_LINE, elem_id="layer-line")
     gr.Markdown("## Why not ...? Your image explained for a class you pick, beside the predicted one")
     with gr.Row():
         ui["why_not"] = gr.Dropdown([("the runner-up (2nd most likely class)", RUNNER_UP), *names], value=RUNNER_UP,
@@ -202,44 +232,84 @@ def session(request: gr.Request) -> str:
     return getattr(request, "session_hash", None) or ""
 
 
+def kept(message: str) -> None:
+    """A refused setting on the page: say so once, as a warning, and change nothing the visitor sees."""
+    gr.Warning(message)
+
+
 def wire_page(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[str, Any]) -> None:
     """Page events: not callable as API; an empty image is no error; a bad upload is reported once, as a
-    warning, and cleared from the page; repeated inputs are skipped."""
+    warning, and cleared from the page; a setting out of range (a number typed past a slider's end) is reported
+    once and leaves the page as it was; repeated inputs are skipped."""
     last = LastRequests()
+    s = space.settings
+
+    def shared_settings(layer, opacity) -> str | None:
+        """What is wrong with the layer and opacity every Grad-CAM event shares (None: nothing)."""
+        try:
+            check_layer(layer)
+            check_opacity(opacity)
+        except ValueError as err:
+            return first_line(err, 400)
+        return None
 
     def page_classify(image, top_k, request: gr.Request):
         if last.repeated(session(request), "classify", image, top_k):
             return gr.skip(), gr.skip()
         try:
             return (None if image is None else handlers["classify"](image, top_k)), gr.skip()
-        except gr.Error as err:  # say it once, and take the unreadable image off the page
+        except ImageRefused as err:  # say it once, and take the unreadable image off the page
             gr.Warning(err.message)
             return None, None
+        except gr.Error as err:  # top-k out of range: the image and its prediction stay
+            kept(err.message)
+            return gr.skip(), gr.skip()
 
     def page_gradcam(image, show, count, layer, opacity, request: gr.Request):
         if last.repeated(session(request), "gradcam", image, show, count, layer, opacity):
+            return gr.skip()
+        # The shared settings are reported here, once, whichever galleries are shown (the others stay silent).
+        problem = shared_settings(layer, opacity)
+        if problem is None:
+            try:
+                whole_number(count, "count", 1, s.max_gradcam_images)
+            except ValueError as err:
+                problem = first_line(err, 400)
+        if problem is not None:
+            kept(problem)
             return gr.skip()
         if not show:
             return gr.update(visible=False)
         try:
             return gr.update(visible=True, value=handlers["gradcam"](image, count, layer, opacity))
-        except gr.Error:  # the classifier reports the bad upload; the examples still explain
+        except ImageRefused:  # the classifier reports the bad upload; the examples still explain
             return gr.update(visible=True, value=handlers["gradcam"](None, count, layer, opacity))
 
     def page_compare(image, class_name, layer, opacity, request: gr.Request):
         if last.repeated(session(request), "compare", image, class_name, layer, opacity):
             return gr.skip()
+        if shared_settings(layer, opacity) is not None:  # page_gradcam says what is wrong
+            return gr.skip()
         try:
             return None if image is None else handlers["compare"](image, class_name, layer, opacity)
-        except gr.Error:
+        except ImageRefused:
             return None
+        except gr.Error as err:
+            kept(err.message)
+            return gr.skip()
 
     def page_misclassified(show, count, with_cam, layer, opacity, request: gr.Request):
         if last.repeated(session(request), "misclassified", show, count, with_cam, layer, opacity):
             return gr.skip()
         if not show or space.num_misclassified == 0:
             return gr.update(visible=False)
-        return gr.update(visible=True, value=handlers["misclassified"](count, with_cam, layer, opacity))
+        if shared_settings(layer, opacity) is not None:  # page_gradcam says what is wrong
+            return gr.skip()
+        try:
+            return gr.update(visible=True, value=handlers["misclassified"](count, with_cam, layer, opacity))
+        except gr.Error as err:  # a count past the set: the gallery stays as it was
+            kept(err.message)
+            return gr.skip()
 
     page = dict(preprocess=False, concurrency_limit=space.settings.requests, concurrency_id="model",
                 api_name=False, api_visibility="private", trigger_mode="always_last")

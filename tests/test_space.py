@@ -16,8 +16,11 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
+import gradio as gr
 import httpx
 import numpy as np
 import pytest
@@ -29,7 +32,7 @@ from conftest import (
 from PIL import Image
 
 from resnet_cifar import release
-from resnet_cifar.gradcam import LAYERS
+from resnet_cifar.gradcam import LAYER_DESCRIPTIONS, LAYERS, jet
 from resnet_cifar.preprocess import resize_rgb
 from resnet_cifar.serving import FILE_META, UploadFolder
 from space import app
@@ -593,3 +596,69 @@ def test_the_example_gallery_takes_only_the_index_of_one_of_its_examples(space):
         if not allowed:
             assert "send the number of one of the 10 choices, from 0 to 9" in json.loads(sent[1]["body"])["error"]
     assert len(reached) == 2
+
+
+def test_the_heatmap_has_its_colour_scale_and_a_line_on_each_layer(space):
+    """The legend is drawn from the overlays' own colour map, both ends named; each layer is described once."""
+    demo = app.build_demo(space)
+    html = {c.elem_id: c.value for c in demo.blocks.values() if getattr(c, "elem_id", None)}
+    scale = html["gradcam-scale"]
+    ends = jet(np.array([0.0, 1.0])).tolist()
+    assert f"rgb({ends[0][0]}, {ends[0][1]}, {ends[0][2]}) 0%" in scale  # blue
+    assert f"rgb({ends[1][0]}, {ends[1][1]}, {ends[1][2]}) 100%" in scale  # red
+    assert ends[0][2] > ends[0][0] and ends[1][0] > ends[1][2]
+    assert "0: no part in the class score" in scale and "1: raised it most" in scale
+    line = html["layer-line"]
+    assert all(line.count(LAYER_DESCRIPTIONS[name]) == 1 for name in LAYERS)
+
+
+def page_events(space) -> dict:
+    """The page's own event handlers, as gradio calls them (they are private: no API name)."""
+    demo = app.build_demo(space)
+    return {fn.fn.__name__: fn.fn for fn in demo.fns.values()
+            if fn.fn is not None and fn.fn.__name__.startswith("page_")}
+
+
+@pytest.mark.parametrize("event, args, words", [
+    ("page_classify", ("IMAGE", 11), "top_k must be a whole number from 1 to 10, got 11"),
+    ("page_gradcam", ("IMAGE", True, 11, "layer3", 0.5), "count must be a whole number from 1 to 10, got 11"),
+    ("page_gradcam", ("IMAGE", True, 3, "layer3", 1.5), "opacity must be"),
+    ("page_gradcam", ("IMAGE", False, 3, "layer3", -0.5), "opacity must be"),
+    ("page_misclassified", (True, 101, False, "layer3", 0.5), "count must be a whole number from 1 to"),
+])
+def test_a_setting_past_a_sliders_end_is_one_warning_and_the_page_stays(space, event, args, words):
+    """Typed into a slider's number box, 11 or 1.5 reach the server: one warning, every output skipped."""
+    image = uploaded(space, EXAMPLES[0])
+    args = tuple(image if a == "IMAGE" else a for a in args)
+    handlers = page_events(space)
+    request = SimpleNamespace(session_hash=uuid.uuid4().hex)
+    with pytest.warns(UserWarning) as caught:
+        result = handlers[event](*args, request)
+    assert [str(w.message) for w in caught] == [str(w.message) for w in caught][:1], "said once"
+    assert words in str(caught[0].message) and not str(caught[0].message).startswith("'")
+    outputs = result if isinstance(result, tuple) else (result,)
+    assert all(out == gr.skip() for out in outputs), "nothing on the page changes: not the image, not a gallery"
+
+
+def test_a_bad_opacity_is_said_once_for_all_the_galleries_that_use_it(space):
+    image = uploaded(space, EXAMPLES[0])
+    handlers = page_events(space)
+    request = SimpleNamespace(session_hash=uuid.uuid4().hex)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = [handlers["page_gradcam"](image, True, 3, "layer3", 1.5, request),
+                   handlers["page_compare"](image, "runner-up", "layer3", 1.5, request),
+                   handlers["page_misclassified"](True, 5, True, "layer3", 1.5, request)]
+    messages = [str(w.message) for w in caught if "opacity" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert all(r == gr.skip() for r in results)
+
+
+def test_an_unreadable_upload_still_leaves_the_page_and_clears_only_the_image(space, tmp_path):
+    bad = space.uploads.path / f"bad-{uuid.uuid4().hex}.png"
+    bad.write_bytes(b"not an image at all")
+    handlers = page_events(space)
+    request = SimpleNamespace(session_hash=uuid.uuid4().hex)
+    with pytest.warns(UserWarning):
+        label, image = handlers["page_classify"]({"path": str(bad), "meta": FILE_META}, 3, request)
+    assert label is None and image is None
