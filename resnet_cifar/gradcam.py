@@ -87,7 +87,7 @@ def explain(
                          f"{conv.in_channels} x H x W), got {batch.shape[1]}: convert grey images to RGB first")
     if not batch.is_floating_point():
         raise ValueError(f"batch must be a normalized float tensor, got {str(batch.dtype).removeprefix('torch.')} "
-                         "(use model.preprocess or resnet_cifar.preprocess)")
+                         "(use model.preprocess or resnet_cifar.preprocess.preprocess)")
     batch = batch.to(device=weight.device, dtype=weight.dtype)  # a bf16 or float64 batch, in the model's dtype
     num_classes = getattr(model, "num_classes", None) or model(batch[:1]).shape[1]
     target = _targets(targets, batch.shape[0], num_classes)

@@ -14,8 +14,8 @@ from PIL import Image
 from conftest import bad_uploads, good_uploads, rgba16_png
 from PIL import ImageOps
 
-from resnet_cifar import CIFAR10_MEAN, CIFAR10_STD, ImageError, ResNet9, load_image, preprocess
-from resnet_cifar.preprocess import WORKING_SIDE, _reduce, _reducible, check_size, to_rgb_uint8
+from resnet_cifar import CIFAR10_MEAN, CIFAR10_STD, ImageError, ResNet9, load_image
+from resnet_cifar.preprocess import WORKING_SIDE, _reduce, _reducible, check_size, preprocess, to_rgb_uint8
 
 
 def normalized(rgb, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> torch.Tensor:

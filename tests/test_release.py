@@ -10,6 +10,7 @@ import pytest
 import safetensors.numpy
 from conftest import N_MISCLASSIFIED, make_release, tree_digest
 
+import resnet_cifar
 from resnet_cifar import release
 from resnet_cifar.release import (
     FILES, MISCLASSIFIED_NAME, MisclassifiedSet, ReleaseError, load_misclassified, save_misclassified,
@@ -67,7 +68,8 @@ def test_round_trip_through_a_hub_repo_id(tmp_path, fake_hub):
     fake_hub.add("someone/resnet9", tmp_path / "release")
     loaded = load_misclassified("someone/resnet9", revision="v2")
     assert_same(original, loaded)
-    assert fake_hub.calls == [{"repo_id": "someone/resnet9", "filename": MISCLASSIFIED_NAME, "revision": "v2"}]
+    assert fake_hub.calls == [{"repo_id": "someone/resnet9", "filename": MISCLASSIFIED_NAME, "revision": "v2",
+                               "library_name": "resnet-cifar", "library_version": resnet_cifar.__version__}]
 
 
 def test_missing_file_in_folder(tmp_path):
