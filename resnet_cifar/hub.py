@@ -89,7 +89,12 @@ def check_write_access(repo_id: str, token: str | None = None) -> str:
 def commit(api: HfApi, repo_id: str, repo_type: str, contents: Mapping[str, bytes], message: str,
            delete: Sequence[str] = ()) -> str:
     """One commit adding exactly `contents` (path in repo -> bytes) and deleting `delete`, listed in its
-    description; returns the commit URL."""
+    description; returns the commit URL.
+
+    Built by hand rather than with HfApi.upload_folder(allow_patterns=..., delete_patterns=...): with hf_xet
+    installed (a dependency of huggingface_hub), upload_folder streams through a multi-commit pipeline, so a push
+    that fails half way could leave part of a release on the Hub. tests/test_release.py fails when that changes.
+    """
     operations: list = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in contents.items()]
     operations += [CommitOperationDelete(path_in_repo=name) for name in delete]
     description = "Files: " + ", ".join(contents) + (f"; removed: {', '.join(delete)}" if delete else "")

@@ -360,3 +360,20 @@ def test_a_weights_write_on_a_full_disk_is_an_os_error_naming_the_file(tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith(f"OSError cannot write {tmp_path / 'out' / 'model.safetensors'}: "), done.stdout
     assert "(is the disk full or the folder read-only?)" in done.stdout
+
+
+def test_upload_folder_is_not_one_commit_here_so_a_push_builds_its_own(tmp_path, monkeypatch):
+    """resnet_cifar.hub.commit builds the push's one commit by hand because HfApi.upload_folder does not make one
+    here: with hf_xet installed (huggingface_hub's own dependency) it streams through a multi-commit pipeline, so
+    a failed push could leave part of a release on the Hub. Should this fail, upload_folder is one create_commit
+    again, and hub.commit can become upload_folder(allow_patterns=..., delete_patterns=...)."""
+    import huggingface_hub._upload_pipeline as pipeline
+    from huggingface_hub import HfApi
+
+    (tmp_path / "config.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, *args, **kwargs: calls.append("create_commit"))
+    monkeypatch.setattr(pipeline, "pipelined_upload", lambda *args, **kwargs: calls.append("multi-commit pipeline"))
+    HfApi(token="hf_FAKEtoken0123456789").upload_folder(folder_path=tmp_path, repo_id="someone/x",
+                                                       allow_patterns=["config.json"])
+    assert calls == ["multi-commit pipeline"]
