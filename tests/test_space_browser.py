@@ -330,3 +330,26 @@ def test_typing_a_number_sends_one_request(browser_setup, driver):
     wait_for(driver, lambda d: len(gallery(d, "gradcam-gallery")) == 10, "ten Grad-CAM images")
     time.sleep(3)  # a second, identical request would have arrived by now
     assert log.read_text().count("server time /gradcam images=10") - before == 1
+
+
+def test_a_number_typed_past_a_sliders_end_is_one_warning_and_the_page_stays(browser_setup, driver):
+    """Issue 17: top-k 11 typed into the slider's box used to wipe the image and its prediction."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    url, _, _ = browser_setup
+    driver.get(url)
+    wait_for(driver, lambda d: len(gallery(d, "gradcam-gallery")) == 5, "the page to load")
+    driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(EXAMPLES[0]))
+    rows = wait_for(driver, lambda d: len(label_rows(d)) == 3 and label_rows(d), "the prediction")
+    box = driver.find_element(By.CSS_SELECTOR, "#top-k input[type=number]")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("11", Keys.ENTER)
+    wait_for(driver, lambda d: d.execute_script(
+        "return Array.from(document.querySelectorAll('.toast-body')).map(t => t.innerText)"), "a warning toast")
+    time.sleep(2)
+    toasts = driver.execute_script("return Array.from(document.querySelectorAll('.toast-body')).map(t => t.innerText)")
+    assert len(toasts) == 1 and "top_k must be a whole number from 1 to 10, got 11" in toasts[0], toasts
+    assert "'" not in toasts[0], "no stray quotes"
+    assert driver.find_elements(By.CSS_SELECTOR, "#upload img"), "the visitor's image stays"
+    assert label_rows(driver) == rows, "and its prediction"
