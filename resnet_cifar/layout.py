@@ -28,8 +28,8 @@ from . import __version__
 from .captions import mistake
 from .errors import first_line
 
-__all__ = ["LIBRARY_NAME", "LICENSE", "TAGS", "download", "WEIGHTS_NAME", "CONFIG_NAME", "CARD_NAME", "MISCLASSIFIED_NAME", "TRAINING_CONFIG_NAME", "METRICS_NAME",
-           "PLOTS", "REQUIRED_FILES", "FILES", "PICKLE_NAMES", "MAX_CONFIG_BYTES", "FILE_MODE", "FOLDER_MODE",
+__all__ = ["LIBRARY_NAME", "LICENSE", "TAGS", "download", "WEIGHTS_NAME", "CONFIG_NAME", "CARD_NAME",
+           "MISCLASSIFIED_NAME", "TRAINING_CONFIG_NAME", "METRICS_NAME", "PLOTS", "REQUIRED_FILES", "FILES", "PICKLE_NAMES", "MAX_CONFIG_BYTES", "FILE_MODE", "FOLDER_MODE",
            "ReleaseError", "files", "read_bytes", "load_tensors", "save_tensors", "is_local", "locate", "read_json",
            "MisclassifiedSet", "save_misclassified", "load_misclassified", "write", "write_json"]
 

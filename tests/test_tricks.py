@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from conftest import SAMPLE, run_cli
 
 from resnet_cifar import ResNet9
+from resnet_cifar.preprocess import normalize
 from training import whiten
 from training.config import RunConfig
 from training.data import CIFAR10DataModule
@@ -37,8 +38,7 @@ def sample() -> CIFAR10DataModule:
 
 
 def normalized(dm: CIFAR10DataModule, n: int) -> torch.Tensor:
-    x = torch.from_numpy(dm.train_set.images[:n]).permute(0, 3, 1, 2).float() / 255
-    return (x - torch.tensor(dm.mean).view(1, 3, 1, 1)) / torch.tensor(dm.std).view(1, 3, 1, 1)
+    return normalize(dm.train_set.images[:n], dm.mean, dm.std)
 
 
 # ---------------------------------------------------------------- CELU, a forward option

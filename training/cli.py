@@ -137,17 +137,12 @@ def release_average(trainer: L.Trainer, lit: LitResNet) -> None:
 
     Lightning's EMAWeightAveraging copies the average in at on_train_end, but a fit resumed from the checkpoint of
     a finished run skips the training loop and that hook with it (FitLoop.run returns at once when done), leaving
-    the checkpoint's current weights, not their average: the release would silently lose its EMA. Copying again
-    after a normal end changes nothing (the model already holds the average).
+    the checkpoint's current weights, not their average: the release would silently lose its EMA. Its own copy
+    runs here again; after a normal end it changes nothing (the model already holds the average).
     """
     for callback in trainer.callbacks:
-        average = getattr(callback, "_average_model", None) if isinstance(callback, EMAWeightAveraging) else None
-        if average is not None:
-            with torch.no_grad():
-                for current, averaged in zip(lit.parameters(), average.module.parameters()):
-                    current.copy_(averaged)
-                for current, averaged in zip(lit.buffers(), average.module.buffers()):
-                    current.copy_(averaged)
+        if isinstance(callback, EMAWeightAveraging) and callback._average_model is not None:
+            callback._copy_average_to_current(lit)
 
 
 def make_trainer(config: RunConfig, resumed: dict[str, Any] | None = None) -> L.Trainer:
@@ -500,7 +495,7 @@ def pipeline(config: RunConfig) -> Path | None:
         print(f"max LR from the LR finder: {lit.max_lr:.4g}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if config.model.whiten:  # a resumed run's checkpoint then restores the basis it was trained with
+    if config.model.whiten and saved is None:  # a resumed run's checkpoint restores the basis it was trained with
         assert dm.train_set is not None
         lit.set_whitening(whiten.basis_of(dm.train_set.images, dm.mean, dm.std))
     total = sum(p.numel() for p in lit.model.parameters())

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from resnet_cifar.preprocess import normalize
+
 EPS = 1e-2  # Page's: added to each direction's variance (the images are normalized to unit variance per channel)
 IMAGES = 10_000  # Page's: the first 10,000 training images
 
@@ -50,13 +52,10 @@ def basis_of(images: np.ndarray, mean: Sequence[float], std: Sequence[float], si
     if images.ndim != 4 or images.shape[-1] != len(mean) or len(images) == 0:
         raise ValueError(f"whitening needs N x H x W x {len(mean)} images, got an array of shape {images.shape}")
     channels = images.shape[-1]
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     moment = torch.zeros(channels * size * size, channels * size * size, dtype=torch.float64)
     count = 0
     for start in range(0, min(limit, len(images)), 1000):
-        chunk = torch.from_numpy(np.ascontiguousarray(images[start:min(start + 1000, limit)]))
-        x = (chunk.permute(0, 3, 1, 2).float() / 255 - m) / s
+        x = normalize(images[start:min(start + 1000, limit)], mean, std)  # as the model sees them
         patches = F.unfold(x, size).transpose(1, 2).reshape(-1, channels * size * size).double()  # (c, kh, kw) order
         moment += patches.T @ patches
         count += len(patches)
