@@ -74,15 +74,18 @@ def free_port() -> int:
 class Server:
     """`python space/app.py` in a subprocess on a free port, its log kept for the server times."""
 
-    def __init__(self, model: str, threads: int | None) -> None:
+    def __init__(self, model: str, threads: int | None, root: Path = ROOT) -> None:
+        """`root`: the checkout whose space/app.py and resnet_cifar run (another revision's worktree for a
+        before-and-after comparison)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = tempfile.NamedTemporaryFile(prefix="space-bench-", suffix=".log", delete=False)
-        env = {**os.environ, **ENV, "MODEL_ID": model, "GRADIO_SERVER_PORT": str(self.port)}
+        env = {**os.environ, **ENV, "MODEL_ID": model, "GRADIO_SERVER_PORT": str(self.port),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
         if threads:
             env["SPACE_TORCH_THREADS"] = str(threads)
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, str(SPACE / "app.py")], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, str(root / "space" / "app.py")], cwd=root, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_up(self, timeout: float = 300) -> float:
@@ -222,10 +225,30 @@ def load(model: str, clients: int, per_client: int, threads: int | None) -> str:
     return "\n".join(lines)
 
 
-def galleries(model: str, repeats: int, threads: int | None) -> str:
+def worktree(revision: str) -> Path:
+    """A detached git worktree of `revision` in a temporary folder (removed by remove_worktree)."""
+    folder = Path(tempfile.mkdtemp(prefix="space-bench-before-")) / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(folder), revision], check=True)
+    return folder
+
+
+def remove_worktree(folder: Path) -> None:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], check=False)
+
+
+def gallery_files(result) -> list:
+    """The image entries of an answer: each item of a gallery, or the one image of a (sheet, index) answer."""
+    if isinstance(result, tuple):
+        return [result[0]]
+    return [item["image"] for item in result]
+
+
+def galleries(model: str, repeats: int, threads: int | None, before: str | None = None) -> str:
     """Gallery round trips through gradio_client (download of every image included) against the server time,
-    with the bytes the client receives per gallery; and the same with download_files=False and the images
-    fetched over one connection (gradio_client opens a new HTTP client for every file it downloads)."""
+    with the bytes the client receives per answer; and the same with download_files=False and the images
+    fetched over one connection (gradio_client opens a new HTTP client for every file it downloads).
+    With `before` (a git revision), that revision's app runs beside this one and every call is made to both,
+    interleaved, so that both columns see the same machine."""
     import httpx
     from gradio_client import Client, handle_file
 
@@ -235,40 +258,50 @@ def galleries(model: str, repeats: int, threads: int | None) -> str:
         "/misclassified, 100 images": ("/misclassified", (100, False, "layer3", 0.5)),
         "/misclassified, 100 images with Grad-CAM": ("/misclassified", (100, True, "layer3", 0.5)),
     }
-    server = Server(model, threads)
-    client_ms: dict[str, list[float]] = {name: [] for name in cases}
-    urls_ms: dict[str, list[float]] = {name: [] for name in cases}
-    sizes: dict[str, int] = {}
-    formats: dict[str, str] = {}
+    trees = {"before": worktree(before)} if before else {}
+    versions = [*trees, "after"]
+    servers = {name: Server(model, threads, trees.get(name, ROOT)) for name in versions}
+    client_ms = {(v, name): [] for v in versions for name in cases}
+    urls_ms = {(v, name): [] for v in versions for name in cases}
+    sizes, answers = {}, {}
     try:
-        server.wait_up()
-        client = Client(server.url, **CLIENT_KWARGS)
-        by_url = Client(server.url, download_files=False, **CLIENT_KWARGS)
+        for server in servers.values():
+            server.wait_up()
+        clients = {v: Client(servers[v].url, **CLIENT_KWARGS) for v in versions}
+        by_url = {v: Client(servers[v].url, download_files=False, **CLIENT_KWARGS) for v in versions}
         session = httpx.Client(timeout=300)
-        for api_name, args in cases.values():
-            client.predict(*args, api_name=api_name)
-        skip = len(server.server_times())
+        for v in versions:
+            for api_name, args in cases.values():
+                clients[v].predict(*args, api_name=api_name)
+        skip = {v: len(servers[v].server_times()) for v in versions}
         for _ in range(repeats):
             for name, (api_name, args) in cases.items():
-                start = time.perf_counter()
-                for item in by_url.predict(*args, api_name=api_name):
-                    session.get(item["image"]["url"]).raise_for_status()
-                urls_ms[name].append((time.perf_counter() - start) * 1000)
-                start = time.perf_counter()
-                items = client.predict(*args, api_name=api_name)
-                client_ms[name].append((time.perf_counter() - start) * 1000)
-                sizes[name] = sum(Path(item["image"]).stat().st_size for item in items)
-                formats[name] = Path(items[0]["image"]).suffix.lstrip(".")
-        logged = server.server_times()[skip:]
+                for v in versions:
+                    start = time.perf_counter()
+                    for image in gallery_files(by_url[v].predict(*args, api_name=api_name)):
+                        session.get(image["url"]).raise_for_status()
+                    urls_ms[v, name].append((time.perf_counter() - start) * 1000)
+                    start = time.perf_counter()
+                    files = gallery_files(clients[v].predict(*args, api_name=api_name))
+                    client_ms[v, name].append((time.perf_counter() - start) * 1000)
+                    sizes[v, name] = sum(Path(f).stat().st_size for f in files)
+                    answers[v, name] = f"{len(files)} {Path(files[0]).suffix.lstrip('.')}"
+        logged = {v: servers[v].server_times()[skip[v]:] for v in versions}
     finally:
-        server.stop()
-    rows = ["| request | client, gradio_client downloads: median (ms) | client, URLs + one connection: median (ms) "
-            "| server time: median (ms) | bytes per gallery | format |",
-            "| --- | ---: | ---: | ---: | ---: | --- |"]
+        for server in servers.values():
+            server.stop()
+        for tree in trees.values():
+            remove_worktree(tree)
+    rows = ["| request | version | client, gradio_client downloads: median (ms) | client, URLs + one connection: "
+            "median (ms) | server time: median (ms) | files | bytes per answer |",
+            "| --- | --- | ---: | ---: | ---: | --- | ---: |"]
     for i, name in enumerate(cases):
-        inside = [ms for j, (_, _, ms) in enumerate(logged) if (j // 2) % len(cases) == i]
-        rows.append(f"| `{name}` | {statistics.median(client_ms[name]):.0f} | {statistics.median(urls_ms[name]):.0f} "
-                    f"| {statistics.median(inside):.0f} | {sizes[name]:,} | {formats[name]} |")
+        for v in versions:
+            inside = [ms for j, (_, _, ms) in enumerate(logged[v]) if (j // 2) % len(cases) == i]
+            label = f"{v} ({before})" if v == "before" else v
+            rows.append(f"| `{name}` | {label} | {statistics.median(client_ms[v, name]):.0f} | "
+                        f"{statistics.median(urls_ms[v, name]):.0f} | {statistics.median(inside):.0f} | "
+                        f"{answers[v, name]} | {sizes[v, name]:,} |")
     return "\n".join(rows)
 
 
@@ -383,6 +416,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="SPACE_TORCH_THREADS for the server")
+    parser.add_argument("--before", default=None,
+                        help="galleries: a git revision whose app runs beside this one, every call made to both")
     args = parser.parse_args()
     model = release_folder()
     print(f"- Machine: {machine()}; server torch threads per request: {args.threads or 1}; model: {model}")
@@ -395,7 +430,7 @@ def main() -> None:
         print(load(model, args.clients or 8, args.requests, args.threads))
     if args.what in ("galleries", "all"):
         print(f"\nGalleries ({args.repeats} interleaved calls each, after 1 warm-up call each):\n")
-        print(galleries(model, args.repeats, args.threads))
+        print(galleries(model, args.repeats, args.threads, args.before))
     if args.what in ("hostile", "all"):
         print("\nHostile uploads:\n")
         print(hostile(model, args.clients or 4, args.threads))

@@ -23,6 +23,24 @@ from .serving import Explainer, UploadFolder
 
 RUNNER_UP = "runner-up"  # compare's class_name for "the second most likely class, whichever it is"
 Gallery = list[tuple[np.ndarray, str]]
+SHEET_COLUMNS = 10
+
+
+def contact_sheet(images: Sequence[np.ndarray], columns: int = SHEET_COLUMNS) -> np.ndarray:
+    """Equal-sized HxWx3 images in one image, row by row, `columns` a row (fewer when there are fewer images);
+    image i sits at row i // columns, column i % columns, with no gap; a short last row is padded with white."""
+    if not images:
+        raise ValueError("a contact sheet needs at least one image")
+    height, width = images[0].shape[:2]
+    if any(image.shape != images[0].shape for image in images):
+        raise ValueError(f"a contact sheet takes images of one size, got {sorted({i.shape for i in images})}")
+    columns = min(columns, len(images))
+    rows = -(-len(images) // columns)
+    sheet = np.full((rows * height, columns * width, 3), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        row, column = divmod(i, columns)
+        sheet[row * height:(row + 1) * height, column * width:(column + 1) * width] = image
+    return sheet
 
 
 class Service:
@@ -106,6 +124,20 @@ class Service:
                 if show_gradcam else [None] * count)
         return [(self._shown(img, heat, opacity), caption)
                 for img, heat, caption in zip(images, maps, mis.captions(self.model.class_names))]
+
+    def misclassified_sheet(self, count: Any, show_gradcam: Any, layer: Any, opacity: Any
+                            ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The same mistakes as `misclassified`, as one contact sheet and its index: {"columns", "tile" (pixels a
+        side), "images": [{"caption", "predicted", "probability", "true"}, ...]}, image i at row i // columns,
+        column i % columns. One image instead of `count`: a client fetches one file (BENCHMARKS.md)."""
+        gallery = self.misclassified(count, show_gradcam, layer, opacity)
+        mis, names = self.release.misclassified, self.model.class_names
+        sheet = contact_sheet([image for image, _ in gallery])
+        index = {"columns": min(SHEET_COLUMNS, len(gallery)), "tile": self.display_size, "images": [
+            {"caption": caption, "predicted": names[int(mis.predicted_labels[i])],
+             "probability": round(float(mis.probabilities[i]), 4), "true": names[int(mis.true_labels[i])]}
+            for i, (_, caption) in enumerate(gallery)]}
+        return sheet, index
 
 
 class LastRequests:

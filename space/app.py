@@ -76,7 +76,9 @@ def refusals_as_errors(handler):
         start, images, outcome = time.perf_counter(), 0, " (failed)"
         try:
             result = handler(*args)
-            images, outcome = len(result) if isinstance(result, list) else 1, ""
+            images = len(result) if isinstance(result, list) else len(result[1]["images"]) \
+                if isinstance(result, tuple) else 1  # a gallery, a (sheet, index), one image
+            outcome = ""
             return result
         except (ImageError, UploadRefused) as err:
             raise ImageRefused(first_line(err, 400), print_exception=False) from None
@@ -107,6 +109,17 @@ def as_files(gallery, folder: Path):
         return [(save_image(image, folder), caption) for image, caption in gallery(*args)]
 
     return files
+
+
+def as_sheet_file(handler, folder: Path):
+    """A (sheet, index) handler returning (image file, index); its signature (the API's names) is kept."""
+
+    @functools.wraps(handler)
+    def sheet_file(*args):
+        sheet, index = handler(*args)
+        return save_image(sheet, folder), index
+
+    return sheet_file
 
 
 INTRO = """# ResNet-9 on CIFAR-10: what does it see?
@@ -197,15 +210,19 @@ def layout(space: Space) -> dict[str, Any]:
         ui["mis_cam"] = gr.Checkbox(False, label="Overlay Grad-CAM on them", elem_id="misclassified-gradcam")
     ui["mis_gallery"] = gr.Gallery(label=captions.MISTAKE_LEGEND, columns=5, format="jpeg", visible=False,
                                    elem_id="misclassified-gallery", elem_classes="fit-gallery")
+    # The API's /misclassified answers one contact sheet and its index, never shown on the page: gradio_client
+    # fetches every gallery image over a connection of its own, 100 of them took ~5 s (BENCHMARKS.md).
+    ui["mis_sheet"] = gr.Image(type="filepath", format="jpeg", visible=False, label="Misclassified sheet")
+    ui["mis_index"] = gr.JSON(visible=False, label="Misclassified index")
     return ui
 
 
-API = {  # the public endpoints: name -> (page component of each argument, output component)
+API = {  # the public endpoints: name -> (page component of each argument, output component(s))
     "classify": ({"image": "image", "top_k": "top_k"}, "label"),
     "gradcam": ({"image_or_none": "image", "count": "cam_count", "layer": "layer", "opacity": "opacity"},
                 "cam_gallery"),
     "misclassified": ({"count": "mis_count", "show_gradcam": "mis_cam", "layer": "layer", "opacity": "opacity"},
-                      "mis_gallery"),
+                      ("mis_sheet", "mis_index")),
     "compare": ({"image": "image", "class_name": "why_not", "layer": "layer", "opacity": "opacity"},
                 "compare_gallery"),
 }
@@ -219,9 +236,11 @@ def build_demo(space: Space) -> gr.Blocks:
         files = space.uploads.path / "gallery"  # inside gradio's cache folder: served, and swept with it
         handlers = {name: refusals_as_errors(getattr(space, name)) for name in API}
         handlers = {name: as_files(h, files) if name != "classify" else h for name, h in handlers.items()}
+        api = {**handlers, "misclassified": as_sheet_file(refusals_as_errors(space.misclassified_sheet), files)}
         for name, (inputs, output) in API.items():
+            outputs = [ui[c] for c in output] if isinstance(output, tuple) else ui[output]
             # preprocess=False: the app itself checks that an image is an upload of this Space, then decodes it.
-            gr.on([], handlers[name], [ui[c] for c in inputs.values()], ui[output], api_name=name, preprocess=False,
+            gr.on([], api[name], [ui[c] for c in inputs.values()], outputs, api_name=name, preprocess=False,
                   concurrency_limit=space.settings.requests, concurrency_id="model", api_visibility="public")
         wire_page(demo, space, ui, handlers)
     return demo

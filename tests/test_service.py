@@ -15,7 +15,7 @@ from PIL import Image
 
 from resnet_cifar import release
 from resnet_cifar.preprocess import load_image
-from resnet_cifar.service import RUNNER_UP, LastRequests, Service
+from resnet_cifar.service import RUNNER_UP, LastRequests, Service, contact_sheet
 from resnet_cifar.serving import FILE_META, UploadFolder
 
 
@@ -71,6 +71,34 @@ def test_misclassified_is_capped_by_the_setting(service):
     assert np.abs(plain[0][0].astype(int) - expected.astype(int)).max() <= 1
     with pytest.raises(ValueError, match="count must be a whole number from 1 to 5"):
         service.misclassified(6, False, "layer3", 0.0)
+
+
+def test_the_misclassified_sheet_is_the_gallery_tile_by_tile_with_its_index(service):
+    gallery = service.misclassified(5, True, "layer2", 0.4)
+    sheet, index = service.misclassified_sheet(5, True, "layer2", 0.4)
+    assert sheet.shape == (64, 5 * 64, 3) and sheet.dtype == np.uint8
+    assert index["columns"] == 5 and index["tile"] == 64
+    mis, names = service.release.misclassified, service.model.class_names
+    for i, ((image, caption), entry) in enumerate(zip(gallery, index["images"], strict=True)):
+        row, column = divmod(i, index["columns"])
+        assert np.array_equal(sheet[row * 64:(row + 1) * 64, column * 64:(column + 1) * 64], image)
+        assert entry == {"caption": caption, "predicted": names[mis.predicted_labels[i]],
+                         "probability": round(float(mis.probabilities[i]), 4), "true": names[mis.true_labels[i]]}
+    with pytest.raises(ValueError, match="count must be a whole number from 1 to 5"):
+        service.misclassified_sheet(0, False, "layer3", 0.0)
+
+
+def test_a_contact_sheet_fills_rows_of_ten_and_pads_the_last_with_white():
+    tiles = [np.full((4, 6, 3), i, dtype=np.uint8) for i in range(23)]
+    sheet = contact_sheet(tiles)
+    assert sheet.shape == (3 * 4, 10 * 6, 3)
+    assert sheet[4:8, 12:18].min() == sheet[4:8, 12:18].max() == 12  # image 12: row 1, column 2
+    assert sheet[8:12, 18:].min() == 255  # past image 22: white
+    assert contact_sheet(tiles[:3]).shape == (4, 18, 3)
+    with pytest.raises(ValueError, match="one size"):
+        contact_sheet([tiles[0], np.zeros((5, 6, 3), np.uint8)])
+    with pytest.raises(ValueError, match="at least one image"):
+        contact_sheet([])
 
 
 def test_examples_are_decoded_with_the_library_limits(service):

@@ -304,8 +304,9 @@ def test_readme_api_snippet_runs(server, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(re.sub(r'Client\("[^"]+"', f'Client("{server}"', snippet), "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
-    assert sum(line.split()[-1].endswith(".jpg") for line in printed if line.split()) == 4 + 20 + 2
-    assert printed[-1].startswith("20 images,")
+    assert sum(line.split()[-1].endswith(".jpg") for line in printed if line.split()) == 4 + 2
+    assert sum(line.endswith("(160, 160)") for line in printed) == 20
+    assert printed[-1].startswith("10 images,")
 
 
 def test_api_classify_returns_exactly_top_k(client, space):
@@ -343,11 +344,20 @@ def test_api_gradcam_refuses_bad_arguments(client, args, pattern):
     refused(client, pattern, "/gradcam", EXAMPLES[0], *args)
 
 
-def test_api_misclassified_and_compare(client):
-    plain = call(client, "/misclassified", 20, False, "layer3", 0.5)
-    assert len(plain) == 20 and all(re.fullmatch(r"\w+ \(\d\.\d\d\) / \w+", i["caption"]) for i in plain)
-    everything = call(client, "/misclassified", N_MISCLASSIFIED, True, "layer1", 0.6)
-    assert [i["caption"] for i in everything[:20]] == [i["caption"] for i in plain]
+def test_api_misclassified_is_one_sheet_and_its_index_and_compare(client, space):
+    sheet, index = call(client, "/misclassified", 20, False, "layer3", 0.5)
+    expected = space.misclassified(20, False, "layer3", 0.5)
+    assert Path(sheet).suffix == ".jpg" and index["columns"] == 10 and index["tile"] == 160
+    assert [i["caption"] for i in index["images"]] == [caption for _, caption in expected]
+    assert all(re.fullmatch(r"\w+ \(\d\.\d\d\) / \w+", i["caption"]) for i in index["images"])
+    pixels = np.asarray(Image.open(sheet).convert("RGB"))
+    assert pixels.shape == (2 * 160, 10 * 160, 3)
+    for i in (0, 13, 19):  # tile i at row i // 10, column i % 10: the gallery's image i
+        row, column = divmod(i, 10)
+        assert_close_pixels(pixels[row * 160:(row + 1) * 160, column * 160:(column + 1) * 160], expected[i][0])
+    everything_sheet, everything = call(client, "/misclassified", N_MISCLASSIFIED, True, "layer1", 0.6)
+    assert [i["caption"] for i in everything["images"][:20]] == [i["caption"] for i in index["images"]]
+    assert len(everything["images"]) == N_MISCLASSIFIED
     refused(client, f"from 1 to {N_MISCLASSIFIED}; got|from 1 to {N_MISCLASSIFIED}, got", "/misclassified",
             N_MISCLASSIFIED + 1, False, "layer3", 0.5)
     items = call(client, "/compare", EXAMPLES[2], "frog", "layer2", 0.5)
