@@ -253,7 +253,14 @@ class ResNet9(
         config: dict | None = None,
         **model_kwargs: Any,
     ) -> "ResNet9":
-        """Build the model from its (checked) config and load safetensors weights (never pickle), strictly."""
+        """Build the model from its (checked) config and load safetensors weights (never pickle), strictly.
+
+        Kept rather than the mixin's own (huggingface_hub 2.4), which tests/test_model.py shows: it prints
+        "Loading weights from local directory" on stdout, defaults to strict=False (a release missing a layer
+        loads silently), downloads pytorch_model.bin from a repo without safetensors before anything could refuse
+        it, and does not tag its download with this library's name. Here: one tagged safetensors download, a
+        missing file named with what to do, a config/weights mismatch explained (_check_state_dict).
+        """
         weights_file = _weights_file(
             model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
             local_files_only=local_files_only, token=token,
@@ -265,12 +272,20 @@ class ResNet9(
         return model.to(map_location).eval()
 
 
+    @classmethod
+    def _load_as_pickle(cls, model: "ResNet9", model_file: str, map_location: str, strict: bool) -> "ResNet9":
+        """The mixin's pickle loader, refused: should any path of the mixin reach it, nothing is unpickled."""
+        raise FileNotFoundError(_pickle_refusal(str(model_file)))
+
+
+def _pickle_refusal(model_id: str) -> str:
+    return (f"{model_id!r} has no {WEIGHTS_NAME}. resnet-cifar loads safetensors only and never unpickles weights "
+            "(pickle can run arbitrary code); re-save the model with save_pretrained()")
+
+
 def _weights_file(model_id: str, **download_kwargs: Any) -> str:
     """Path of model.safetensors in a folder or Hub repo; a pickle-only source is refused without loading it."""
-    refusal = (
-        f"{model_id!r} has no {WEIGHTS_NAME}. resnet-cifar loads safetensors only and never unpickles weights "
-        "(pickle can run arbitrary code); re-save the model with save_pretrained()"
-    )
+    refusal = _pickle_refusal(model_id)
     try:
         return layout.locate(model_id, WEIGHTS_NAME, **download_kwargs)
     except FileNotFoundError as err:

@@ -9,6 +9,7 @@ import pytest
 import safetensors.torch
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 import resnet_cifar
@@ -269,6 +270,65 @@ def test_pickle_only_folder_is_refused_without_unpickling(tmp_path, monkeypatch)
     with pytest.raises(FileNotFoundError, match=r"safetensors only.*found only \['pytorch_model\.bin'\]"):
         ResNet9.from_pretrained(folder)
     assert not marker.exists()
+
+
+class PlainMixinModel(nn.Module, PyTorchModelHubMixin):
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, 2)
+
+
+def test_the_mixins_own_loading_is_why_resnet9_keeps_its_own(tmp_path, capsys, monkeypatch):
+    """What PyTorchModelHubMixin._from_pretrained does by itself (huggingface_hub 2.4), each the reason
+    ResNet9._from_pretrained stays: this fails the day the mixin loads quietly, strictly and safetensors-only."""
+    from huggingface_hub import hub_mixin
+    from huggingface_hub.errors import EntryNotFoundError
+
+    folder = tmp_path / "plain"
+    PlainMixinModel().save_pretrained(folder)
+    state = safetensors.torch.load_file(folder / "model.safetensors")
+    del state["fc.bias"]
+    safetensors.torch.save_file(state, folder / "model.safetensors")
+    capsys.readouterr()
+    PlainMixinModel.from_pretrained(folder)  # a missing layer loads without a word: strict=False by default
+    assert "Loading weights from local directory" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"missing from the weights \['fc\.bias'\]"):
+        ResNet9.from_pretrained(write_release_without(tmp_path / "ours", "fc.bias"))
+    assert capsys.readouterr().out == ""
+
+    # A Hub repo without safetensors: the mixin downloads pytorch_model.bin and hands it to _load_as_pickle.
+    fetched = []
+
+    def download(repo_id, filename, **kwargs):
+        fetched.append((filename, kwargs.get("library_name")))
+        if filename == "model.safetensors":
+            raise EntryNotFoundError("no model.safetensors")
+        if filename == "pytorch_model.bin":
+            return str(tmp_path / "bomb.bin")
+        return str(folder / filename)
+
+    write_pickle_bomb(tmp_path / "bomb.bin", tmp_path / "ran")
+    monkeypatch.setattr(hub_mixin, "hf_hub_download", download)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    reached = []
+    monkeypatch.setattr(PlainMixinModel, "_load_as_pickle",
+                        classmethod(lambda cls, model, model_file, *a: reached.append(model_file) or model))
+    PlainMixinModel._from_pretrained(model_id="someone/plain", revision=None, cache_dir=None, force_download=False,
+                                     local_files_only=False, token=None)
+    assert reached == [str(tmp_path / "bomb.bin")]
+    assert ("pytorch_model.bin", None) in fetched, "downloaded, and untagged"
+    # Ours refuses even there, without opening the file.
+    with pytest.raises(FileNotFoundError, match="safetensors only"):
+        ResNet9._load_as_pickle(ResNet9(), str(tmp_path / "bomb.bin"), "cpu", True)
+    assert not (tmp_path / "ran").exists()
+
+
+def write_release_without(folder: Path, key: str) -> Path:
+    ResNet9().save_pretrained(folder)
+    state = safetensors.torch.load_file(folder / "model.safetensors")
+    del state[key]
+    safetensors.torch.save_file(state, folder / "model.safetensors")
+    return folder
 
 
 def test_strict_false_still_available(release_dir):
