@@ -73,6 +73,15 @@ class Service:
     def _caption(self, index: int, probability: Any) -> str:
         return captions.class_probability(self.model.class_names[index], probability)
 
+    @staticmethod
+    def overlay_settings(layer: Any, opacity: Any) -> tuple[str, float]:
+        """The layer and opacity every Grad-CAM request shares, checked: ValueError names the bad one."""
+        return check_layer(layer), check_opacity(opacity)
+
+    def gradcam_settings(self, count: Any, layer: Any, opacity: Any) -> tuple[int, str, float]:
+        """The Grad-CAM gallery's settings, checked (count first, as `gradcam` checks them)."""
+        return (whole_number(count, "count", 1, self.max_gradcam_images), *self.overlay_settings(layer, opacity))
+
     def classify(self, image: Any, top_k: Any) -> dict[str, float]:
         """Top-k classes of an uploaded image: {class name: probability}, most likely first."""
         top_k = self.model.check_top_k(top_k)
@@ -82,8 +91,7 @@ class Service:
 
     def gradcam(self, image_or_none: Any, count: Any, layer: Any, opacity: Any) -> Gallery:
         """`count` Grad-CAM overlays for the predicted class: the upload first (if any), then other examples."""
-        count = whole_number(count, "count", 1, self.max_gradcam_images)
-        layer, opacity = check_layer(layer), check_opacity(opacity)
+        count, layer, opacity = self.gradcam_settings(count, layer, opacity)
         images, sources = [], []
         if image_or_none is not None:
             images, sources = [self._image(image_or_none)], ["your image"]
@@ -100,7 +108,7 @@ class Service:
         names = self.model.class_names
         if not isinstance(class_name, str) or class_name not in (*names, RUNNER_UP):
             raise ValueError(f"unknown class {short(class_name)}; allowed are {', '.join(names)} or {RUNNER_UP!r}")
-        layer, opacity = check_layer(layer), check_opacity(opacity)
+        layer, opacity = self.overlay_settings(layer, opacity)
         rgb = self._image(image)
         probs = self.explainer.probabilities([rgb])[0]
         predicted, runner_up = probs.topk(2).indices.tolist()
@@ -116,7 +124,7 @@ class Service:
         count = whole_number(count, "count", 1, self.num_misclassified)
         if not isinstance(show_gradcam, bool):
             raise ValueError(f"show_gradcam must be true or false, got {short(show_gradcam)}")
-        layer, opacity = check_layer(layer), check_opacity(opacity)
+        layer, opacity = self.overlay_settings(layer, opacity)
         mis = self.release.misclassified
         images = list(mis.images[:count])
         # Explain the (wrong) class the model chose: what made it think so.

@@ -22,9 +22,8 @@ import numpy as np
 from starlette.middleware import Middleware
 
 from resnet_cifar import captions, release
-from resnet_cifar.checks import whole_number
 from resnet_cifar.errors import first_line
-from resnet_cifar.gradcam import LAYER_DESCRIPTIONS, LAYERS, check_layer, check_opacity, jet
+from resnet_cifar.gradcam import LAYER_DESCRIPTIONS, LAYERS, jet
 from resnet_cifar.hub import NETWORK_ERRORS
 from resnet_cifar.preprocess import ImageError
 from resnet_cifar.service import RUNNER_UP, LastRequests, Service
@@ -261,13 +260,11 @@ def wire_page(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[
     warning, and cleared from the page; a setting out of range (a number typed past a slider's end) is reported
     once and leaves the page as it was; repeated inputs are skipped."""
     last = LastRequests()
-    s = space.settings
 
     def shared_settings(layer, opacity) -> str | None:
         """What is wrong with the layer and opacity every Grad-CAM event shares (None: nothing)."""
         try:
-            check_layer(layer)
-            check_opacity(opacity)
+            space.overlay_settings(layer, opacity)
         except ValueError as err:
             return first_line(err, 400)
         return None
@@ -287,15 +284,12 @@ def wire_page(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[
     def page_gradcam(image, show, count, layer, opacity, request: gr.Request):
         if last.repeated(session(request), "gradcam", image, show, count, layer, opacity):
             return gr.skip()
-        # The shared settings are reported here, once, whichever galleries are shown (the others stay silent).
-        problem = shared_settings(layer, opacity)
-        if problem is None:
-            try:
-                whole_number(count, "count", 1, s.max_gradcam_images)
-            except ValueError as err:
-                problem = first_line(err, 400)
-        if problem is not None:
-            kept(problem)
+        # The shared settings are reported here, once, whichever galleries are shown (the others stay silent);
+        # checked by the Service's own rules, also when the gallery is hidden.
+        try:
+            space.gradcam_settings(count, layer, opacity)
+        except ValueError as err:
+            kept(first_line(err, 400))
             return gr.skip()
         if not show:
             return gr.update(visible=False)

@@ -53,6 +53,20 @@ def test_gradcam_takes_its_settings_and_shows_a_picked_example_once(service):
         service.gradcam(None, 5, "layer3", 0.5)
 
 
+@pytest.mark.parametrize("count, layer, opacity, words", [
+    (5, "layer3", 0.5, "count must be a whole number from 1 to 4"),
+    (2, "layer9", 0.5, "unknown Grad-CAM layer 'layer9'"),
+    (2, "layer3", 1.5, "opacity must be a number from 0 to 1, got 1.5"),
+])
+def test_the_gradcam_settings_are_checked_once_by_the_rules_every_request_uses(service, count, layer, opacity, words):
+    with pytest.raises(ValueError, match=words) as checked:
+        service.gradcam_settings(count, layer, opacity)
+    with pytest.raises(ValueError) as requested:
+        service.gradcam(None, count, layer, opacity)
+    assert str(requested.value) == str(checked.value)
+    assert service.gradcam_settings(2.0, "prep", 0) == (2, "prep", 0.0)
+
+
 def test_classify_and_compare_agree_on_the_prediction(service):
     picked = upload(service, EXAMPLES[0])
     top = service.classify(picked, 2)
