@@ -110,6 +110,20 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(flags, precision,
     assert chosen == precision and words in why
 
 
+@pytest.mark.parametrize("cuda, mps, expected", [
+    (False, False, {"auto": "cpu", "cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "mps": "mps"}),
+    (True, False, {"auto": "cuda", "cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "mps": "mps"}),
+    (False, True, {"auto": "mps", "cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "mps": "mps"}),
+])
+def test_the_device_an_accelerator_runs_on_is_one_answer_for_every_check(monkeypatch, cuda, mps, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert {name: speed.device_kind(name) for name in expected} == expected
+    assert speed.device_kind(" AUTO ") == expected["auto"]
+    if not cuda:  # the CPU's precision rule applies exactly where the run lands on the CPU
+        assert speed.fastest_precision("auto", {"avx512_bf16"})[0] == ("bf16-mixed" if not mps else "32-true")
+
+
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu avx512_bf16 sse\n\nprocessor\t: 1\nflags\t\t: fpu amx_bf16\n")

@@ -81,8 +81,9 @@ def check_hardware(config: RunConfig) -> None:
                           "can use; run with --accelerator cpu (or auto)")
     if accelerator == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--accelerator mps: this machine has no Apple GPU; run with --accelerator cpu (or auto)")
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus > 0)
-    have, unit = (gpus, "GPU(s)") if on_gpu else (1 if accelerator == "mps" else os.cpu_count() or 1, "CPU core(s)")
+    kind = speed.device_kind(accelerator)
+    on_gpu = kind == "cuda"
+    have, unit = {"cuda": (gpus, "GPU(s)"), "mps": (1, "Apple GPU")}.get(kind, (os.cpu_count() or 1, "CPU core(s)"))
     text = str(hw.devices).strip().strip("[]").replace(" ", "")
     if text in ("auto", "-1"):
         return
@@ -303,8 +304,7 @@ def resolve_input_path(config: RunConfig, saved: dict[str, Any] | None = None) -
                 setattr(getattr(config, section), key, bool((before.get(section) or {}).get(key, False)))
         return "auto: as the resumed checkpoint ran"
     hw = config.hardware
-    accelerator = str(hw.accelerator).lower()
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    on_cpu = speed.device_kind(hw.accelerator) == "cpu"
     one_device = str(hw.devices).strip() in ("1", "auto") and hw.num_nodes == 1
     batched = on_cpu and one_device
     if augment.augment_on_device is None:

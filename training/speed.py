@@ -44,15 +44,28 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
     return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
 
 
+def device_kind(accelerator: str) -> str:
+    """Where `--accelerator` runs on this machine: "cuda", "mps" or "cpu" ("auto" as Lightning picks: a CUDA GPU,
+    else an Apple GPU, else the CPU). The one answer the hardware checks, the input path and the precision share;
+    whether the named device exists is check_hardware's to say."""
+    accelerator = str(accelerator).strip().lower()
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
+        return "mps"
+    return "cpu"
+
+
 def fastest_precision(accelerator: str, flags: set[str] | None = None) -> tuple[str, str]:
     """The precision `--precision auto` picks for `accelerator`, and why: bf16-mixed where the device computes bf16
     natively (2x fp32 on this project's AVX512-BF16 CPU, BENCHMARKS.md), else 32-true (emulated bf16 is slower)."""
-    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+    kind = device_kind(accelerator)
+    if kind == "cuda" and torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return "bf16-mixed", f"{name} computes bf16 natively"
         return "32-true", f"{name} has no native bf16"
-    if accelerator in ("cpu", "auto"):
+    if kind == "cpu":
         native = sorted(set(BF16_CPU_FLAGS) & (cpu_flags() if flags is None else flags))
         if native:
             return "bf16-mixed", f"this CPU computes bf16 natively ({', '.join(native)})"
