@@ -290,6 +290,11 @@ class ApiGate:
 
     `endpoints` maps the public API names (without "/") to their parameters; `functions` maps every event's
     fn_index (the page's private events too: they arrive through /queue/join) to its parameters.
+
+    What gradio 6.31 does with these calls by itself is pinned by tests/test_gradio_gaps.py: a file payload
+    without its FileData marker skips gradio's upload check and the component opens any server file; a refused
+    file, a wrong argument or a missing one is answered `{"error": null}`; an unknown endpoint is a 500; an
+    example index out of range fails without a message and -1 is taken. A test there fails when gradio mends one.
     """
 
     def __init__(self, app: ASGIApp, endpoints: Mapping[str, Sequence[Param]],

@@ -354,7 +354,8 @@ def run_cli(argv: list[str], env: dict | None = None) -> tuple[int, str]:
 # Slow: real training (a Lightning or plain run), launched apps, browsers, fresh virtual environments, other
 # processes. Chosen from `python -m pytest --durations=80` of the whole suite on 2 cores (2026-12-02: 643 tests in
 # 642 s; every test or fixture setup of 1.5 s or more is here): the quick run keeps the unit tests of every module.
-SLOW_FILES = {"test_training_cli.py", "test_fast_path.py", "test_gpu_staging.py", "test_space_browser.py"}
+SLOW_FILES = {"test_training_cli.py", "test_fast_path.py", "test_gpu_staging.py", "test_space_browser.py",
+              "test_gradio_gaps.py"}
 SLOW_FIXTURES = {"trained", "finished", "tricked", "eager", "browser_setup", "driver", "server", "client"}
 SLOW_TESTS = {
     "test_a_large_16_bit_rgba_png_costs_a_small_multiple_of_its_rgb_pixels",

@@ -1,0 +1,105 @@
+"""What gradio itself (6.31) does with the calls space/app.py's gate refuses: a bare gradio app, no gate, no code
+of ours, one image endpoint as the Space's. Each test pins one shortfall that the gate (resnet_cifar.serving.ApiGate)
+exists for; the day one fails, gradio does that job itself and the gate's piece for it can go (issue 16, item 1).
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+from conftest import free_port
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+FILE_META = {"_type": "gradio.FileData"}
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory):
+    """(url, the sizes of the images the handler received, a PNG on the server outside gradio's cache)."""
+    folder = tmp_path_factory.mktemp("server-files")
+    secret, example = folder / "secret.png", folder / "example.png"
+    Image.fromarray(np.full((7, 5, 3), 200, np.uint8)).save(secret)  # never handed to gradio
+    Image.fromarray(np.full((4, 4, 3), 100, np.uint8)).save(example)
+    received: list[tuple[int, int]] = []
+
+    def classify(image, top_k):
+        with Image.open(image) as opened:
+            received.append(opened.size)
+        return {"cat": 1.0}
+
+    with gr.Blocks() as demo:
+        image = gr.Image(type="filepath")
+        top_k = gr.Slider(1, 10, 3, step=1)
+        label = gr.Label()
+        gr.Examples([[str(example)]], inputs=image)
+        top_k.change(classify, [image, top_k], label, api_name="classify")
+    port = free_port()
+    demo.queue().launch(server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/gradio_api/", received, str(secret)
+    finally:
+        demo.close()
+
+
+def call(url: str, name: str, body) -> tuple[int, str]:
+    response = httpx.post(f"{url}call/{name}", json=body, timeout=60)
+    if response.status_code != 200:
+        return response.status_code, response.text
+    event = response.json()["event_id"]
+    return 200, httpx.get(f"{url}call/{name}/{event}", timeout=60).text
+
+
+def test_a_file_payload_without_gradios_marker_skips_its_upload_check_and_a_server_file_is_read(bare):
+    url, received, secret = bare
+    before = len(received)
+    status, text = call(url, "classify", {"data": [{"path": secret}, 3]})
+    assert status == 200 and "event: complete" in text, text
+    assert received[before:] == [(5, 7)], "the handler opened the server's own file: gradio let it through"
+
+
+def test_a_refused_file_is_answered_without_a_word_of_what_to_send(bare):
+    url, received, secret = bare
+    before = len(received)
+    status, text = call(url, "classify", {"data": [{"path": secret, "meta": FILE_META}, 3]})
+    assert (status, text.strip()) == (200, 'event: error\ndata: {"error": null}'), text
+    assert len(received) == before
+
+
+@pytest.mark.parametrize("data", [[5, 3], [[1, 2], 3], [None]])
+def test_malformed_arguments_are_answered_error_null(bare, data):
+    url, _, _ = bare
+    status, text = call(url, "classify", {"data": data})
+    assert (status, text.strip()) == (200, 'event: error\ndata: {"error": null}'), text
+
+
+def test_an_unknown_endpoint_is_a_server_error(bare):
+    url, _, _ = bare
+    status, _ = call(url, "nope", {"data": [None, 3]})
+    assert status == 500
+
+
+def test_the_example_gallery_answers_a_bad_index_without_a_word_and_takes_minus_one_as_the_last(bare):
+    """The page-only example event (fn_index over /queue/join): index 10, a string or null fail with no message
+    (the gate says "send the number of one of the 10 choices"); -1 is taken, as Python indexing would."""
+    url, _, _ = bare
+    config = httpx.get(url.removesuffix("gradio_api/") + "config", timeout=60).json()
+    index = next(i for i, d in enumerate(config["dependencies"])
+                 if any(c["id"] in d["inputs"] and c["type"] == "dataset" for c in config["components"]))
+    answers = {}
+    for value in (10, "3", None, -1, 0):
+        session = f"s{value}"
+        joined = httpx.post(f"{url}queue/join", timeout=60,
+                            json={"data": [value], "fn_index": index, "session_hash": session})
+        assert joined.status_code == 200, joined.text
+        with httpx.stream("GET", f"{url}queue/data", params={"session_hash": session}, timeout=60) as events:
+            for line in events.iter_lines():
+                message = json.loads(line[5:]) if line.startswith("data:") else {}
+                if message.get("msg") == "process_completed":
+                    answers[value] = (message.get("success"), (message.get("output") or {}).get("error"))
+                    break
+    assert answers == {10: (False, None), "3": (False, None), None: (False, None), -1: (True, None),
+                       0: (True, None)}, answers
