@@ -76,8 +76,8 @@ def train(config: RunConfig) -> dict[str, Any]:
     device = pick_device(config.hardware.accelerator)
     resolve_precision(config)  # --precision auto: the same choice the Lightning command makes
     resolve_input_path(config)  # and the same input path
-    L.seed_everything(config.seed, workers=True)
-    dm = CIFAR10DataModule(config.data, config.augment, seed=config.seed)
+    L.seed_everything(config.random.seed, workers=True)
+    dm = CIFAR10DataModule(config.data, config.augment, seed=config.random.seed)
     dm.setup()
     assert dm.train_set is not None and dm.test_set is not None
     model_config = model_config_of(dm, config)
@@ -137,7 +137,7 @@ def train(config: RunConfig) -> dict[str, Any]:
             recalibrate_batchnorm(model, batches, dm.finish_batch)
     accuracy, tta = evaluate(model, dm.test_set.images, dm.test_set.labels, dm.mean, dm.std)
     return {"loop": "plain PyTorch", "device": speed.device_name(device),
-            "torch": torch.__version__, "precision": config.hardware.precision, "seed": config.seed,
+            "torch": torch.__version__, "precision": config.hardware.precision, "seed": config.random.seed,
             "test_accuracy": accuracy, "test_accuracy_tta": tta, "test_images": len(dm.test_set.labels),
             "optimizer_steps": steps_per_epoch * config.optim.epochs, "loop_seconds": train_seconds,
             "epochs_logged": epochs, "step_losses": [float(x) for x in step_losses],

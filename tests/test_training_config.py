@@ -4,10 +4,10 @@ training_config.json and the card's recipe table all come."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -122,7 +122,7 @@ def test_the_resolved_config_round_trips_as_plain_json():
 
 def test_card_rows_cover_what_shapes_the_weights_and_leave_out_where_things_go():
     rows = dict(run_config("--push-to-hub", "someone/x", "--output-dir", "runs/x").card_rows())
-    assert rows["optim.optimizer"] == "adam" and rows["augment.cutout"] == "8" and rows["seed"] == "0"
+    assert rows["optim.optimizer"] == "adam" and rows["augment.cutout"] == "8" and rows["random.seed"] == "0"
     assert rows["optim.max_lr"] == "-" and rows["model.recalibrate_bn"] == "True"
     assert not any(key.startswith("output.") and key != "output.misclassified" for key in rows)
     assert "data.dataset" not in rows and "hardware.devices" not in rows
@@ -167,3 +167,38 @@ def test_help_and_bad_arguments_answer_before_torch_lightning_or_datasets_load(c
     assert ("STATUS 0" if argv == ["--help"] else "STATUS 2") in result.stdout
     if argv != ["--help"]:
         assert result.stderr.strip().splitlines()[-1].startswith(f"resnet-cifar-{command.replace('uate', '')}: error:")
+
+
+def test_the_seed_is_a_setting_of_section_random_and_older_records_with_a_top_level_seed_still_read():
+    assert run_config("--seed", "3").random.seed == 3
+    assert "seed" not in RunConfig().to_dict() and RunConfig().to_dict()["random"] == {"seed": 0}
+    assert RunConfig.from_dict({"seed": 3}).random.seed == 3  # a checkpoint or release written before 2026-12-03
+    shipped = json.loads((ROOT / "space" / "model" / "training_config.json").read_text())
+    assert "seed" in shipped, "the bundled release is a record in the older layout"
+    shipped.pop("max_lr_used")
+    assert RunConfig.from_dict(shipped).random.seed == shipped["seed"]
+    assert RunConfig.from_dict({"seed": 3, "random": {"seed": 3}}).random.seed == 3
+    with pytest.raises(ConfigError, match="two seeds, 3 at the top and 4 in section 'random'; give one, as random.seed"):
+        RunConfig.from_dict({"seed": 3, "random": {"seed": 4}})
+    with pytest.raises(ConfigError, match=r"--seed must be a whole number >= 0, got -1"):
+        RunConfig.from_dict({"random": {"seed": -1}})
+    with pytest.raises(ConfigError, match=r"unknown sections \['sed'\]; allowed are data, .*, random"):
+        RunConfig.from_dict({"sed": 3})
+
+
+def test_a_checkpoint_with_a_top_level_seed_resumes_and_a_changed_seed_is_named():
+    from training.checkpoints import CheckpointError, check_resumable
+
+    older = RunConfig().to_dict()
+    older["seed"] = older.pop("random")["seed"] + 3  # the layout before 2026-12-03, a run of seed 3
+    checkpoint = {"hyper_parameters": {"config": older, "model_config": {"num_classes": 10}}}
+    check_resumable(checkpoint, "old.ckpt", run_config("--seed", "3").to_dict(), {"num_classes": 10})
+    with pytest.raises(CheckpointError, match=r"trained with other settings \(--seed 3 -> 0\)"):
+        check_resumable(checkpoint, "old.ckpt", RunConfig().to_dict(), {"num_classes": 10})
+
+
+def test_a_recipe_with_a_top_level_seed_is_read_and_the_flag_overrides_it(tmp_path):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("seed: 5\noptim:\n  epochs: 2\n")
+    assert run_config("--config", str(recipe)).random.seed == 5
+    assert run_config("--config", str(recipe), "--seed", "7").random.seed == 7

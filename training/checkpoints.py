@@ -15,7 +15,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from resnet_cifar.errors import first_line
 from resnet_cifar.checks import short
 
-from .config import RunConfig
+from .config import RunConfig, upgraded
 
 DEFAULTS = RunConfig().to_dict()
 # Settings whose default became "auto" (None): a checkpoint written before that ran them as this.
@@ -88,7 +88,7 @@ def check_resumable(checkpoint: dict[str, Any], path: str | os.PathLike, config:
                     model_config: dict[str, Any]) -> None:
     """Refuse a checkpoint of another run: the model, the schedule and every setting that shapes them must match."""
     saved = checkpoint["hyper_parameters"]
-    saved_config, saved_model = saved.get("config") or {}, saved.get("model_config") or {}
+    saved_config, saved_model = upgraded(saved.get("config") or {}, str(path)), saved.get("model_config") or {}
     if saved_model != model_config:
         keys = sorted(k for k in set(saved_model) | set(model_config) if saved_model.get(k) != model_config.get(k))
         raise CheckpointError(f"{path} is a checkpoint of another model ({', '.join(keys)} differ); resume it with "
@@ -100,10 +100,6 @@ def check_resumable(checkpoint: dict[str, Any], path: str | os.PathLike, config:
             f"cannot be stretched to {config['optim']['epochs']}; resume with --epochs {epochs}, or start a new run")
     differ = []
     for section, values in config.items():
-        if not isinstance(values, dict):
-            if saved_config.get(section) != values:
-                differ.append(f"--{section.replace('_', '-')} {short(saved_config.get(section))} -> {short(values)}")
-            continue
         for key, value in values.items():
             # A setting newer than the checkpoint ran with its default (the one that keeps the old behaviour).
             before = (saved_config.get(section) or {}).get(key, DEFAULTS[section].get(key))

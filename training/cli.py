@@ -6,6 +6,7 @@ resnet-cifar-push: re-push a finished release folder (after a failed push).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -192,8 +193,9 @@ def make_trainer(config: RunConfig, resumed: dict[str, Any] | None = None) -> L.
 # ---------------------------------------------------------------- the LR finder
 
 
-def find_max_lr(lit: LitResNet, dm: CIFAR10DataModule, config: RunConfig) -> dict[str, Any]:
-    """Lightning's LR finder on a Trainer of its own, so it runs all its steps whatever the epoch count.
+def find_max_lr(model_config: dict[str, Any], dm: CIFAR10DataModule, config: RunConfig) -> dict[str, Any]:
+    """Lightning's LR finder on a module and a Trainer of its own (the run's module is built afterwards, with the
+    LR settled), so it runs all its steps whatever the epoch count.
 
     The suggestion is a tenth of the LR at the lowest (smoothed) loss of the sweep: Lightning's own pick, the
     steepest point of the curve, lands on the recovery from an early bump as easily as on the real descent.
@@ -211,16 +213,17 @@ def find_max_lr(lit: LitResNet, dm: CIFAR10DataModule, config: RunConfig) -> dic
         limit_train_batches=hw.limit_train_batches, num_sanity_val_steps=0, limit_val_batches=0,
         default_root_dir=config.output.output_dir, plugins=[checkpoints.AtomicCheckpointIO()],
     )
-    lit.max_lr = 1e-6  # placeholder: the finder sweeps the LR itself from min_lr
-    finder = Tuner(finder_trainer).lr_find(lit, datamodule=dm, min_lr=1e-6, max_lr=1.0, num_training=steps,
-                                           attr_name="max_lr", update_attr=False, early_stop_threshold=None)
-    lit.max_lr = None
+    sweep = LitResNet(model_config, config.to_dict(), max_lr=FINDER_MIN_LR)  # the sweep sets its own LR each step
+    finder = Tuner(finder_trainer).lr_find(sweep, datamodule=dm, min_lr=FINDER_MIN_LR, max_lr=1.0,
+                                           num_training=steps, attr_name="max_lr", update_attr=False,
+                                           early_stop_threshold=None)
     lrs = [float(v) for v in finder.results["lr"]] if finder is not None else []
     losses = [float(v) for v in finder.results["loss"]] if finder is not None else []
     return {"lr": lrs, "loss": losses, "suggestion": suggest_max_lr(lrs, losses, steps)}
 
 
 LR_FINDER_RULE = "a tenth of the LR at the lowest loss of the LR finder's sweep"
+FINDER_MIN_LR = 1e-6  # where the finder's sweep starts (it ends at 1.0)
 
 
 def suggest_max_lr(lrs: list[float], losses: list[float], steps: int) -> float:
@@ -450,6 +453,26 @@ def calibration_rows(metrics: dict[str, Any], calibrated: Calibrated | None) -> 
     ]
 
 
+def settle_max_lr(config: RunConfig, saved: dict[str, Any] | None, trainer: L.Trainer, dm: CIFAR10DataModule,
+                  model_config: dict[str, Any]) -> tuple[float | None, dict[str, Any] | None]:
+    """(the peak LR the run trains with, the LR finder's sweep or None), before the run's module is built:
+    --max-lr when given; else the LR a resumed run used (no finder, no flag needed); else the finder's
+    suggestion, its sweep written to OUTPUT_DIR/lr_finder.json."""
+    lr_file = config.output.output_dir / LR_FINDER_FILE
+    if config.optim.max_lr is not None:
+        return config.optim.max_lr, None
+    if saved is not None:
+        return saved.get("max_lr_used"), json.loads(lr_file.read_text()) if lr_file.is_file() else None
+    if trainer.world_size > 1:
+        raise ConfigError("the LR finder runs on one device: pass --max-lr for multi-device training "
+                          "(find it first with a --devices 1 run)")
+    lr_data = find_max_lr(model_config, dm, config)
+    lr_file.parent.mkdir(parents=True, exist_ok=True)
+    lr_file.write_text(json.dumps(lr_data))
+    print(f"max LR from the LR finder: {lr_data['suggestion']:.4g}", flush=True)
+    return lr_data["suggestion"], lr_data
+
+
 def run(config: RunConfig) -> Path | None:
     """The whole pipeline, holding the output folder's lock; returns the release folder on rank zero (None on
     other DDP ranks, which run inside the lock their launcher holds)."""
@@ -470,29 +493,18 @@ def pipeline(config: RunConfig) -> Path | None:
     saved = checkpoints.load(resume) if resume is not None else None  # checked before the folder is touched
     input_reason = resolve_input_path(config, saved)
     config.validate()  # the settled input path obeys the same rules as a given one
-    L.seed_everything(config.seed, workers=True)
-    dm = CIFAR10DataModule(config.data, config.augment, seed=config.seed)
+    L.seed_everything(config.random.seed, workers=True)
+    dm = CIFAR10DataModule(config.data, config.augment, seed=config.random.seed)
     dm.setup()
-    config.data.batch_size = dm.batch_size  # the resolved config records the batch size the run really uses
+    # The run's config with its one automatic size settled: the batch size this split gets (recorded as used).
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, batch_size=dm.batch_size))
     model_config = model_config_of(dm, config)
     if saved is not None:  # everything is checked before anything in the output folder is touched
         checkpoints.check_resumable(saved, resume, config.to_dict(), model_config)
-    lit = LitResNet(model_config, config.to_dict())
     trainer = make_trainer(config, saved)
-    lr_file = out / LR_FINDER_FILE
-    lr_data = None
-    if saved is not None and config.optim.max_lr is None:
-        lit.max_lr = saved.get("max_lr_used")  # the LR the run used, found or given: no finder, no flag needed
-        lr_data = json.loads(lr_file.read_text()) if lr_file.is_file() else None
-    elif config.optim.max_lr is None:
-        if trainer.world_size > 1:
-            raise ConfigError("the LR finder runs on one device: pass --max-lr for multi-device training "
-                              "(find it first with a --devices 1 run)")
-        lr_data = find_max_lr(lit, dm, config)
-        out.mkdir(parents=True, exist_ok=True)
-        lr_file.write_text(json.dumps(lr_data))
-        lit.max_lr = lr_data["suggestion"]
-        print(f"max LR from the LR finder: {lit.max_lr:.4g}", flush=True)
+    max_lr, lr_data = settle_max_lr(config, saved, trainer, dm, model_config)
+    L.seed_everything(config.random.seed, workers=True)  # the same initial weights whether the finder ran or not
+    lit = LitResNet(model_config, config.to_dict(), max_lr=max_lr)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if config.model.whiten and saved is None:  # a resumed run's checkpoint restores the basis it was trained with

@@ -231,13 +231,21 @@ class OutputConfig:
     private: bool = setting(False, "create the Hub repo private", card=False)
 
 
+@dataclass
+class RandomConfig:
+    """What seeds every random choice of a run: the initial weights, the order of the images, the augmentation."""
+
+    seed: int = setting(0, "seed of everything random", whole_at_least(0), "a whole number >= 0")
+
+
 SECTIONS: dict[str, type] = {"data": DataConfig, "augment": AugmentConfig, "model": ModelConfig,
-                             "optim": OptimConfig, "hardware": HardwareConfig, "output": OutputConfig}
+                             "optim": OptimConfig, "hardware": HardwareConfig, "output": OutputConfig,
+                             "random": RandomConfig}
 
 
 @dataclass
 class RunConfig:
-    """A whole run: one section per concern, plus the seed."""
+    """A whole run: one section per concern."""
 
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -245,12 +253,12 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    seed: int = setting(0, "seed of everything random", whole_at_least(0), "a whole number >= 0")
+    random: RandomConfig = field(default_factory=RandomConfig)
 
     def validate(self) -> RunConfig:
         """Check every setting against its field's rule; ConfigError names the first bad one."""
         for section, _, f in fields(self):
-            value = getattr(getattr(self, section) if section else self, f.name)
+            value = getattr(getattr(self, section), f.name)
             check = f.metadata.get("check")
             if check is not None and not check(value):
                 raise ConfigError(f"{flag(f.name)} must be {f.metadata['allowed']}, got {short(value)}")
@@ -265,19 +273,16 @@ class RunConfig:
         """Plain JSON types only (paths as strings): what checkpoints, the release and the card store."""
         def plain(value: Any) -> Any:
             return str(value) if isinstance(value, Path) else value
-        out: dict[str, Any] = {"seed": self.seed}
-        for name in SECTIONS:
-            out[name] = {k: plain(v) for k, v in dataclasses.asdict(getattr(self, name)).items()}
-        return out
+        return {name: {k: plain(v) for k, v in dataclasses.asdict(getattr(self, name)).items()} for name in SECTIONS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> RunConfig:
-        """Build a config from nested sections, refusing unknown sections and keys (typos must not pass)."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{source} must be a mapping of sections ({', '.join(SECTIONS)}), got {short(data)}")
-        unknown = sorted(set(data) - set(SECTIONS) - {"seed"})
+        """Build a config from nested sections, refusing unknown sections and keys (typos must not pass); the
+        top-level seed of older checkpoints and releases is read as random.seed (see `upgraded`)."""
+        data = upgraded(data, source)
+        unknown = sorted(set(data) - set(SECTIONS))
         if unknown:
-            raise ConfigError(f"{source}: unknown sections {unknown}; allowed are {', '.join(SECTIONS)} and seed")
+            raise ConfigError(f"{source}: unknown sections {unknown}; allowed are {', '.join(SECTIONS)}")
         sections = {}
         for name, kind in SECTIONS.items():
             values = data.get(name) or {}
@@ -288,16 +293,14 @@ class RunConfig:
             if bad:
                 raise ConfigError(f"{source}: unknown keys {bad} in section {name!r}; allowed are {sorted(known)}")
             sections[name] = kind(**{k: _coerce(kind, known[k], v, source) for k, v in values.items()})
-        seed = data.get("seed", 0)
-        return cls(**sections, seed=seed).validate()
+        return cls(**sections).validate()
 
     def card_rows(self) -> list[tuple[str, str]]:
         """(setting, value) rows of the card's recipe table: every setting that shapes the weights."""
         rows = []
         for section, _, f in fields(self):
             if f.metadata.get("card", True):
-                value = getattr(getattr(self, section) if section else self, f.name)
-                rows.append((f"{section}.{f.name}" if section else f.name, _shown(value)))
+                rows.append((f"{section}.{f.name}", _shown(getattr(getattr(self, section), f.name))))
         return rows
 
 
@@ -307,11 +310,24 @@ def _shown(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def upgraded(data: Any, source: str = "config") -> dict[str, Any]:
+    """A saved config in today's layout: runs before 2026-12-03 kept the seed at the top level ({"seed": 3, ...});
+    it is random.seed now. Checkpoints and releases of those runs stay readable, and resumable."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source} must be a mapping of sections ({', '.join(SECTIONS)}), got {short(data)}")
+    data = dict(data)
+    if "seed" in data:
+        seed, section = data.pop("seed"), data.get("random")
+        if isinstance(section, Mapping) and "seed" in section and section["seed"] != seed:
+            raise ConfigError(f"{source}: two seeds, {short(seed)} at the top and {short(section['seed'])} in "
+                              "section 'random'; give one, as random.seed")
+        data["random"] = {**(section if isinstance(section, Mapping) else {}), "seed": seed}
+    return data
+
+
 def fields(config: RunConfig | None = None) -> list[tuple[str, type, dataclasses.Field]]:
-    """(section name or '', section class, field) for every setting, in declaration order."""
-    out = [(name, kind, f) for name, kind in SECTIONS.items() for f in dataclasses.fields(kind)]
-    out.append(("", RunConfig, next(f for f in dataclasses.fields(RunConfig) if f.name == "seed")))
-    return out
+    """(section name, section class, field) for every setting, in declaration order."""
+    return [(name, kind, f) for name, kind in SECTIONS.items() for f in dataclasses.fields(kind)]
 
 
 def flag(name: str) -> str:
@@ -375,13 +391,13 @@ def build_parser(prog: str = "resnet-cifar-train", description: str = "") -> arg
     """The command line, one flag per setting, grouped by section; each default shown once, in the help."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", metavar="RECIPE.yaml", default=argparse.SUPPRESS,
-                        help="a recipe file (sections data, augment, model, optim, hardware, output); flags given "
+                        help="a recipe file (sections data, augment, model, optim, hardware, output, random); flags given "
                              "on the command line override it")
     groups = {name: parser.add_argument_group(name, kind.__doc__) for name, kind in SECTIONS.items()}
     defaults = RunConfig()
     for section, kind, f in fields():
-        group = groups.get(section, parser)
-        default = getattr(getattr(defaults, section) if section else defaults, f.name)
+        group = groups[section]
+        default = getattr(getattr(defaults, section), f.name)
         shown = f.metadata.get("default_text") or _shown(default)
         help_text = f"{f.metadata['help']} (default: {shown})"
         base, _ = _base_type(kind, f)
@@ -399,14 +415,10 @@ def build_parser(prog: str = "resnet-cifar-train", description: str = "") -> arg
 
 def resolve(args: argparse.Namespace) -> RunConfig:
     """Defaults, then the recipe file, then the flags given: the run's config, validated."""
-    data: dict[str, Any] = load_recipe(args.config) if getattr(args, "config", None) else {}
+    data = upgraded(load_recipe(args.config) if getattr(args, "config", None) else {}, "--config")
     data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
     given = vars(args)
     for section, kind, f in fields():
         if f.name in given:
-            value = _coerce(kind, f, given[f.name], "command line")
-            if section:
-                data.setdefault(section, {})[f.name] = value
-            else:
-                data[f.name] = value
+            data.setdefault(section, {})[f.name] = _coerce(kind, f, given[f.name], "command line")
     return RunConfig.from_dict(data, "command line")

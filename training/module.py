@@ -61,13 +61,15 @@ class CompiledForward:
 class LitResNet(L.LightningModule):
     """Trains a ResNet9 built from `model_config` (its init kwargs) as the run's `config` (RunConfig.to_dict()) says."""
 
-    def __init__(self, model_config: dict[str, Any] | None = None, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, model_config: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+                 max_lr: float | None = None) -> None:
+        """`max_lr`: the peak LR this module trains with, settled before it is built (given, found by the LR
+        finder, or the resumed run's); None takes the config's --max-lr."""
         super().__init__()
-        self.save_hyperparameters()  # plain dicts: the checkpoint records its run and loads with weights_only=True
+        self.save_hyperparameters()  # plain values: the checkpoint records its run and loads with weights_only=True
         self.config = RunConfig.from_dict(config or {}, "the run's config")
         self.model = ResNet9(**(model_config or {}))
-        # The LR finder writes its suggestion here (Tuner.lr_find(attr_name="max_lr")).
-        self.max_lr = self.config.optim.max_lr
+        self.max_lr = self.config.optim.max_lr if max_lr is None else float(max_lr)
         if self.config.model.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self.config.optim.freeze_bn_scale:  # they stay at 1: the release saves them as the constants they are
