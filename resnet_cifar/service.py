@@ -1,12 +1,14 @@
 """The four things a visitor of a release can ask for (top-k classes, Grad-CAM galleries, "why not ...?", the
 misclassified set), each checking its own arguments and answering images with captions; no web framework.
 
-The Space (space/app.py) lays these out on a page and publishes them as its API; a notebook or another server can
-use them as they are.
+Images are what ResNet9.preprocess takes (file paths, PIL images, HxWx3 arrays), never a web payload: the Space
+(space/app.py) checks its uploads first, lays the requests out on a page and publishes them as its API; a notebook
+or another server can use them as they are.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -18,11 +20,14 @@ import numpy as np
 from . import captions, release
 from .gradcam import check_layer, check_opacity, overlay
 from .checks import short, whole_number
-from .preprocess import load_image, resize_rgb
-from .serving import Explainer, UploadFolder
+from .preprocess import load_image, resize_rgb, to_rgb_uint8
+from .serving import Explainer
 
 RUNNER_UP = "runner-up"  # compare's class_name for "the second most likely class, whichever it is"
 Gallery = list[tuple[np.ndarray, str]]
+# An image argument (a path, a PIL image, an array); `ImageInput | None` in a signature: the image may be left out.
+# The Space's gate reads these signatures: they are the one description of each request's arguments.
+ImageInput = Any
 SHEET_COLUMNS = 10
 
 
@@ -46,14 +51,15 @@ def contact_sheet(images: Sequence[np.ndarray], columns: int = SHEET_COLUMNS) ->
 class Service:
     """A release served: its explainer, its example images and the four requests, each argument checked.
 
-    Images are given as upload payloads that `uploads` checks (a path gradio received, or its FileData dict);
-    gallery images are RGB arrays of `display_size` pixels a side, overlaid with Grad-CAM when asked.
+    An image is a file path (decoded within the library's memory budget, large ones one at a time), a PIL image
+    or an HxWx3 array; gallery images are RGB arrays of `display_size` pixels a side, overlaid with Grad-CAM when
+    asked.
     """
 
-    def __init__(self, loaded: release.Release, uploads: UploadFolder, examples: Sequence[Path], *,
+    def __init__(self, loaded: release.Release, examples: Sequence[Path], *,
                  display_size: int = 160, max_gradcam_images: int = 10, max_misclassified_shown: int = 100,
                  workers: int = 2) -> None:
-        self.release, self.uploads, self.model = loaded, uploads, loaded.model
+        self.release, self.model = loaded, loaded.model
         self.display_size, self.max_gradcam_images = display_size, max_gradcam_images
         self.explainer = Explainer(loaded.model, workers=workers)
         self.example_paths = list(examples)
@@ -61,10 +67,13 @@ class Service:
         mis = loaded.misclassified
         self.num_misclassified = 0 if mis is None else min(len(mis), max_misclassified_shown)
 
-    def _image(self, payload: Any) -> np.ndarray:
-        if payload is None:
+    def _image(self, image: Any) -> np.ndarray:
+        """An image argument as HxWx3 uint8; ImageError or TypeError says what was wrong."""
+        if image is None:
             raise ValueError("no image given; upload an image (PNG, JPEG, WebP, GIF, BMP, TIFF) or pick an example")
-        return self.explainer.load_image(self.uploads.check(payload))
+        if isinstance(image, (str, os.PathLike)):
+            return self.explainer.load_image(image)
+        return to_rgb_uint8(image)
 
     def _shown(self, image: np.ndarray, heat: Any = None, opacity: float = 0.0) -> np.ndarray:
         shown = resize_rgb(image, self.display_size)
@@ -82,15 +91,15 @@ class Service:
         """The Grad-CAM gallery's settings, checked (count first, as `gradcam` checks them)."""
         return (whole_number(count, "count", 1, self.max_gradcam_images), *self.overlay_settings(layer, opacity))
 
-    def classify(self, image: Any, top_k: Any) -> dict[str, float]:
-        """Top-k classes of an uploaded image: {class name: probability}, most likely first."""
+    def classify(self, image: ImageInput, top_k: Any) -> dict[str, float]:
+        """Top-k classes of an image: {class name: probability}, most likely first."""
         top_k = self.model.check_top_k(top_k)
         probs = self.explainer.probabilities([self._image(image)])[0]
         values, indices = probs.topk(top_k)
         return {self.model.class_names[i]: float(p) for p, i in zip(values.tolist(), indices.tolist())}
 
-    def gradcam(self, image_or_none: Any, count: Any, layer: Any, opacity: Any) -> Gallery:
-        """`count` Grad-CAM overlays for the predicted class: the upload first (if any), then other examples."""
+    def gradcam(self, image_or_none: ImageInput | None, count: Any, layer: Any, opacity: Any) -> Gallery:
+        """`count` Grad-CAM overlays for the predicted class: the given image first (if any), then examples."""
         count, layer, opacity = self.gradcam_settings(count, layer, opacity)
         images, sources = [], []
         if image_or_none is not None:
@@ -103,7 +112,7 @@ class Service:
         return [(self._shown(img, heat, opacity), f"{src}: {self._caption(int(p.argmax()), p.max())}")
                 for img, heat, p, src in zip(images, maps, probs, sources)]
 
-    def compare(self, image: Any, class_name: Any, layer: Any, opacity: Any) -> Gallery:
+    def compare(self, image: ImageInput, class_name: Any, layer: Any, opacity: Any) -> Gallery:
         """Grad-CAM of the predicted class beside that of a class the visitor picks ("why not dog?")."""
         names = self.model.class_names
         if not isinstance(class_name, str) or class_name not in (*names, RUNNER_UP):

@@ -1,7 +1,9 @@
 """The resnet-cifar Space: classify an image with ResNet-9 and show where it looks, with Captum Grad-CAM.
 
-Layout and wiring only: loading the release, decoding uploads, the model work, the checks of every argument and
-the captions are resnet_cifar's (release, service, serving, gradcam, captions). The release comes from MODEL_ID
+Layout and wiring only: loading the release, decoding images, the model work, the checks of every argument and
+the captions are resnet_cifar's (release, service, serving, gradcam, captions); what is gradio's lives beside this
+file: uploads.py (the upload folder, and the check that an image is an upload of this Space) and gate.py (the
+API gate). The release comes from MODEL_ID
 (a Hub repo id or a release folder), else space.json (written by `resnet-cifar-space build`), else the bundled
 model/ folder. Run: `python space/app.py`.
 """
@@ -9,6 +11,7 @@ model/ folder. Run: `python space/app.py`.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -27,7 +30,11 @@ from resnet_cifar.gradcam import LAYER_DESCRIPTIONS, LAYERS, jet
 from resnet_cifar.hub import NETWORK_ERRORS
 from resnet_cifar.preprocess import ImageError
 from resnet_cifar.service import RUNNER_UP, LastRequests, Service
-from resnet_cifar.serving import ApiGate, Param, UploadFolder, UploadRefused, return_freed_memory, save_image
+from resnet_cifar.serving import return_freed_memory, save_image
+
+# Siblings of this file, imported as the Space runs it (`python app.py`: its folder is first on sys.path).
+from gate import ApiGate, Param  # noqa: E402
+from uploads import UploadFolder, UploadRefused  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BUNDLED_MODEL = HERE / "model"
@@ -91,13 +98,18 @@ def refusals_as_errors(handler):
 
 
 class Space(Service):
-    """The release served with this Space's examples and settings."""
+    """The release served with this Space's examples and settings; an image is an upload of this Space."""
 
     def __init__(self, loaded: release.Release, uploads: UploadFolder, settings: Settings = SETTINGS) -> None:
-        super().__init__(loaded, uploads, sorted(EXAMPLES_DIR.glob("*.png")), display_size=settings.display_size,
+        super().__init__(loaded, sorted(EXAMPLES_DIR.glob("*.png")), display_size=settings.display_size,
                          max_gradcam_images=settings.max_gradcam_images,
                          max_misclassified_shown=settings.max_misclassified_shown, workers=settings.concurrency)
-        self.settings = settings
+        self.uploads, self.settings = uploads, settings
+
+    def _image(self, payload: Any) -> np.ndarray:
+        """A request's image: a file gradio received as an upload of this Space (UploadFolder.check), never a
+        path or anything else a request names; the same methods and arguments as the Service's."""
+        return super()._image(None if payload is None else self.uploads.check(payload))
 
 
 def as_files(gallery, folder: Path):
@@ -216,16 +228,24 @@ def layout(space: Space) -> dict[str, Any]:
     return ui
 
 
-API = {  # the public endpoints: name -> (page component of each argument, output component(s))
-    "classify": ({"image": "image", "top_k": "top_k"}, "label"),
-    "gradcam": ({"image_or_none": "image", "count": "cam_count", "layer": "layer", "opacity": "opacity"},
-                "cam_gallery"),
-    "misclassified": ({"count": "mis_count", "show_gradcam": "mis_cam", "layer": "layer", "opacity": "opacity"},
-                      ("mis_sheet", "mis_index")),
-    "compare": ({"image": "image", "class_name": "why_not", "layer": "layer", "opacity": "opacity"},
-                "compare_gallery"),
+API = {  # public endpoint -> (the page component of each argument, in the handler's order; output component(s))
+    "classify": (("image", "top_k"), "label"),
+    "gradcam": (("image", "cam_count", "layer", "opacity"), "cam_gallery"),
+    "misclassified": (("mis_count", "mis_cam", "layer", "opacity"), ("mis_sheet", "mis_index")),
+    "compare": (("image", "why_not", "layer", "opacity"), "compare_gallery"),
 }
-IMAGE_ARGUMENTS = {"image": True, "image_or_none": False}  # argument -> whether an image is required
+# The arguments' names, and whether an image may be left out, are the Service methods' own signatures (gradio's
+# API page and clients take the names from them too): `endpoint_params` reads them, nothing repeats them.
+
+
+def endpoint_params(handler, components: list[Any]) -> list[Param]:
+    """The gate's description of one public endpoint: the handler's argument names, an image component's argument
+    as a file (required unless the signature says `ImageInput | None`)."""
+    arguments = list(inspect.signature(handler).parameters.values())
+    if len(arguments) != len(components):
+        raise ValueError(f"{handler.__name__} takes {len(arguments)} arguments, its event has {len(components)}")
+    return [Param(a.name, file=isinstance(c, gr.Image), required=isinstance(c, gr.Image) and "None" not in str(
+        a.annotation)) for a, c in zip(arguments, components)]
 
 
 def build_demo(space: Space) -> gr.Blocks:
@@ -239,7 +259,7 @@ def build_demo(space: Space) -> gr.Blocks:
         for name, (inputs, output) in API.items():
             outputs = [ui[c] for c in output] if isinstance(output, tuple) else ui[output]
             # preprocess=False: the app itself checks that an image is an upload of this Space, then decodes it.
-            gr.on([], api[name], [ui[c] for c in inputs.values()], outputs, api_name=name, preprocess=False,
+            gr.on([], api[name], [ui[c] for c in inputs], outputs, api_name=name, preprocess=False,
                   concurrency_limit=space.settings.requests, concurrency_id="model", api_visibility="public")
         wire_page(demo, space, ui, handlers)
     return demo
@@ -340,16 +360,20 @@ def wire_page(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[
 def api_gate(demo: gr.Blocks, space: Space) -> Middleware:
     """The HTTP gate in front of gradio: every event's arguments, images only as uploads of this Space."""
 
-    endpoints = {name: [Param(a, file=a in IMAGE_ARGUMENTS, required=IMAGE_ARGUMENTS.get(a, False))
-                        for a in inputs] for name, (inputs, _) in API.items()}
+    events = demo.get_config_file()["dependencies"]
+    endpoints = {event["api_name"]: endpoint_params(demo.fns[event["id"]].fn, [demo.blocks[i] for i in event["inputs"]])
+                 for event in events if event["api_name"] in API}
+
     def param(component: gr.components.Component) -> Param:
         name = str(component.label or type(component).__name__)
         if isinstance(component, gr.Dataset):  # the examples: an index into them
             return Param(name, choices=len(component.raw_samples))
         return Param(name, file=isinstance(component, gr.Image))
 
-    page = {fn._id: [param(c) for c in fn.inputs] for fn in demo.fns.values()}
-    functions = {index: endpoints.get(fn.api_name, page[index]) for index, fn in demo.fns.items()}
+    # Every event by the fn_index a client sends, read from the config gradio hands its clients (the page's events
+    # arrive through /queue/join too): the public ones by their API names, the page's by their components.
+    functions = {event["id"]: endpoints.get(event["api_name"]) or [param(demo.blocks[i]) for i in event["inputs"]]
+                 for event in events}
     return Middleware(ApiGate, endpoints=endpoints, functions=functions, uploads=space.uploads)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CONFIG_NAME = "space.json"  # read by app.py: which release to serve
 APP_FILE = "app.py"
+APP_MODULES = ("uploads.py", "gate.py")  # the app's siblings, imported top-level as the Space runs it
 # What the Space installs: the app's and the library's runtime imports, pinned to the versions installed here.
 REQUIREMENTS = ("torch", "gradio", "huggingface_hub", "safetensors", "numpy", "pillow", "captum", "pyyaml")
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -116,7 +117,7 @@ def package_files() -> list[str]:
 def sources() -> dict[str, Path]:
     """What build copies (path in the Space -> file here), besides the files it writes itself."""
     package = package_dir()
-    found = {APP_FILE: HERE / APP_FILE}
+    found = {name: HERE / name for name in (APP_FILE, *APP_MODULES)}
     found.update({f"examples/{name}": HERE / "examples" / name for name in EXAMPLES})
     found.update({f"resnet_cifar/{name}": package / name for name in package_files()})
     return found

@@ -39,6 +39,8 @@ constants.HF_HUB_OFFLINE = True
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "space"
+# The Space runs as `python app.py` from its own folder and imports its siblings (uploads, gate) top-level.
+sys.path.insert(0, str(SPACE))
 SAMPLE = ROOT / "tests" / "data" / "cifar10"
 EXAMPLES = sorted((SPACE / "examples").glob("*.png"))
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}

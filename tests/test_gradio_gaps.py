@@ -1,10 +1,12 @@
-"""What gradio itself (6.31) does with the calls space/app.py's gate refuses: a bare gradio app, no gate, no code
-of ours, one image endpoint as the Space's. Each test pins one shortfall that the gate (resnet_cifar.serving.ApiGate)
-exists for; the day one fails, gradio does that job itself and the gate's piece for it can go (issue 16, item 1).
+"""What gradio itself (6.31) does with the calls the Space's gate refuses and with the files its upload folder
+bounds: a bare gradio app, no gate, no code of ours, one image endpoint as the Space's. Each test pins one shortfall
+that space/gate.py (ApiGate) or space/uploads.py (UploadFolder) exists for; the day one fails, gradio does that job
+itself and our piece for it can go (issue 16, item 1).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import httpx
@@ -103,3 +105,20 @@ def test_the_example_gallery_answers_a_bad_index_without_a_word_and_takes_minus_
                     break
     assert answers == {10: (False, None), "3": (False, None), None: (False, None), -1: (True, None),
                        0: (True, None)}, answers
+
+
+def test_gradios_cache_cleaning_has_no_byte_budget_and_keeps_what_a_crashed_process_left(tmp_path, monkeypatch):
+    """UploadFolder's two jobs: `delete_cache` is (frequency, age) only, and it deletes the files this Blocks
+    instance tracks, so a file in the cache that no living process tracks (a crash's) stays for good."""
+    from gradio import route_utils
+
+    assert inspect.signature(gr.Blocks).parameters["delete_cache"].annotation == "tuple[int, int] | None", \
+        "delete_cache took a new option: does it bound the bytes now?"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    left = tmp_path / "0123abcd" / "left-by-a-crash.png"
+    left.parent.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(left)
+    with gr.Blocks(delete_cache=(1, 1)) as demo:
+        gr.Image(type="filepath")
+    route_utils.delete_files_created_by_app(demo, None)  # what each scheduled clean (and shutdown) runs; None: all
+    assert left.is_file()

@@ -1,12 +1,10 @@
-"""resnet_cifar.service on its own: the Space's four requests without gradio, and the repeated-request memory."""
+"""resnet_cifar.service on its own: the Space's four requests without gradio, on images as a notebook has them
+(paths, PIL images, arrays), and the repeated-request memory."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,25 +12,15 @@ from conftest import EXAMPLES, ROOT, make_release
 from PIL import Image
 
 from resnet_cifar import release
-from resnet_cifar.preprocess import load_image
+from resnet_cifar.preprocess import ImageError, load_image
 from resnet_cifar.service import RUNNER_UP, LastRequests, Service, contact_sheet
-from resnet_cifar.serving import FILE_META, UploadFolder
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     folder = make_release(tmp_path_factory.mktemp("release"))
-    uploads = UploadFolder(tmp_path_factory.mktemp("uploads"))
-    yield Service(release.read(folder), uploads, EXAMPLES[:3], display_size=64, max_gradcam_images=4,
-                  max_misclassified_shown=5, workers=1)
-    uploads.close()
-
-
-def upload(service: Service, path: Path) -> dict:
-    target = service.uploads.path / uuid.uuid4().hex / path.name
-    target.parent.mkdir(parents=True)
-    shutil.copyfile(path, target)
-    return {"path": str(target), "meta": FILE_META}
+    return Service(release.read(folder), EXAMPLES[:3], display_size=64, max_gradcam_images=4,
+                   max_misclassified_shown=5, workers=1)
 
 
 def test_the_service_imports_no_web_framework():
@@ -42,8 +30,24 @@ def test_the_service_imports_no_web_framework():
     assert out.stdout.strip() == "[]"
 
 
+def test_an_image_is_a_path_a_pil_image_or_an_array_and_anything_else_is_refused(service, tmp_path):
+    rgb = load_image(EXAMPLES[2])
+    answers = [service.classify(image, 3) for image in (EXAMPLES[2], str(EXAMPLES[2]), Image.open(EXAMPLES[2]), rgb)]
+    assert all(answer == answers[0] for answer in answers), answers
+    assert list(answers[0]) == [name for name, _ in service.model.predict(rgb, top_k=3)[0]]
+    (_, shown), = service.gradcam(Image.fromarray(rgb).convert("RGBA"), 1, "layer3", 0.5)
+    assert shown.startswith("your image: ")
+    with pytest.raises(ValueError, match="no image given; upload an image"):
+        service.classify(None, 3)
+    with pytest.raises(TypeError, match="cannot read an image from dict; pass a PIL image, a file path"):
+        service.classify({"path": str(EXAMPLES[2]), "meta": {"_type": "gradio.FileData"}}, 3)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ImageError, match="not an image that can be read"):
+        service.compare(tmp_path / "broken.png", RUNNER_UP, "layer3", 0.5)
+
+
 def test_gradcam_takes_its_settings_and_shows_a_picked_example_once(service):
-    picked = upload(service, EXAMPLES[1])
+    picked = EXAMPLES[1]
     gallery = service.gradcam(picked, 4, "layer3", 0.5)
     sources = [caption.split(":")[0] for _, caption in gallery]
     third = EXAMPLES[2].stem.split("_", 1)[1]
@@ -68,7 +72,7 @@ def test_the_gradcam_settings_are_checked_once_by_the_rules_every_request_uses(s
 
 
 def test_classify_and_compare_agree_on_the_prediction(service):
-    picked = upload(service, EXAMPLES[0])
+    picked = str(EXAMPLES[0])
     top = service.classify(picked, 2)
     first, second = list(top)
     (_, predicted), (_, why_not) = service.compare(picked, RUNNER_UP, "layer2", 0.3)

@@ -24,7 +24,6 @@ import gradio as gr
 import httpx
 import numpy as np
 import pytest
-import torch
 from conftest import (
     EXAMPLES, N_MISCLASSIFIED, OFFLINE_ENV, ROOT, SPACE, assert_close_pixels, bad_uploads, concurrently, free_port,
     good_uploads, make_release, rgba16_png, running_space, wait_until_up,
@@ -34,8 +33,8 @@ from PIL import Image
 from resnet_cifar import release
 from resnet_cifar.gradcam import LAYER_DESCRIPTIONS, LAYERS, jet
 from resnet_cifar.preprocess import resize_rgb
-from resnet_cifar.serving import FILE_META, UploadFolder
 from space import app
+from uploads import FILE_META, UploadFolder
 
 # gradio_client's uploads and downloads time out after httpx's 5 s by default: too short for a busy CI machine.
 CLIENT_KWARGS = {"verbose": False, "httpx_kwargs": {"timeout": 120}}
@@ -89,14 +88,22 @@ def client(server):
 # ---------------------------------------------------------------- the handlers, directly
 
 
-def test_app_imports_only_the_library_gradio_and_basics():
-    tree = ast.parse((SPACE / "app.py").read_text())
+def imported_roots(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
     roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
              for alias in node.names}
-    roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    third_party = roots - set(sys.stdlib_module_names)
-    assert third_party <= {"gradio", "numpy", "starlette", "torch", "resnet_cifar"}, third_party
-    assert "training" not in roots
+    return roots | {node.module.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module}
+
+
+def test_app_imports_only_the_library_gradio_and_basics():
+    siblings = {"uploads", "gate"}
+    third_party = imported_roots(SPACE / "app.py") - set(sys.stdlib_module_names)
+    assert third_party <= {"gradio", "numpy", "starlette", "torch", "resnet_cifar", *siblings}, third_party
+    assert "training" not in third_party
+    # The siblings speak HTTP and files only: no gradio, so a gradio upgrade cannot change them unseen.
+    assert imported_roots(SPACE / "uploads.py") <= set(sys.stdlib_module_names)
+    assert imported_roots(SPACE / "gate.py") - set(sys.stdlib_module_names) == {"resnet_cifar", "uploads"}
 
 
 def test_classify_matches_the_library(space):
@@ -672,3 +679,21 @@ def test_an_unreadable_upload_still_leaves_the_page_and_clears_only_the_image(sp
     with pytest.warns(UserWarning):
         label, image = handlers["page_classify"]({"path": str(bad), "meta": FILE_META}, 3, request)
     assert label is None and image is None
+
+
+def test_the_gates_description_of_each_endpoint_is_the_service_signature_and_the_events_components(space):
+    demo = app.build_demo(space)
+    endpoints = app.api_gate(demo, space).kwargs["endpoints"]
+    Param = type(endpoints["classify"][0])
+    assert endpoints == {
+        "classify": [Param("image", file=True, required=True), Param("top_k")],
+        "gradcam": [Param("image_or_none", file=True, required=False), Param("count"), Param("layer"),
+                    Param("opacity")],
+        "misclassified": [Param("count"), Param("show_gradcam"), Param("layer"), Param("opacity")],
+        "compare": [Param("image", file=True, required=True), Param("class_name"), Param("layer"), Param("opacity")],
+    }
+    names = {name: [p["parameter_name"] for p in endpoint["parameters"]]
+             for name, endpoint in demo.get_api_info()["named_endpoints"].items()}
+    assert names == {f"/{name}": [p.name for p in params] for name, params in endpoints.items()}, "gradio's own API page"
+    with pytest.raises(ValueError, match="classify takes 2 arguments, its event has 1"):
+        app.endpoint_params(space.classify, [gr.Image()])

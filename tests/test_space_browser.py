@@ -24,8 +24,8 @@ from conftest import EXAMPLES, assert_close_pixels, make_release, running_space
 from PIL import Image
 
 from resnet_cifar import release
-from resnet_cifar.serving import FILE_META, UploadFolder
 from space import app
+from uploads import FILE_META, UploadFolder
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")

@@ -35,9 +35,10 @@ def test_build_writes_a_self_contained_space(tmp_path):
     files = set(deploy.built_files(out))
     library = {f"resnet_cifar/{p.relative_to(ROOT / 'resnet_cifar').as_posix()}"
                for p in (ROOT / "resnet_cifar").rglob("*") if p.is_file() and "__pycache__" not in p.parts}
-    assert files == {"app.py", "README.md", "requirements.txt", "space.json", *library,
+    assert files == {"app.py", "uploads.py", "gate.py", "README.md", "requirements.txt", "space.json", *library,
                      *(f"examples/{p.name}" for p in EXAMPLES)}
-    assert (out / "app.py").read_bytes() == (SPACE / "app.py").read_bytes()
+    for name in ("app.py", "uploads.py", "gate.py"):
+        assert (out / name).read_bytes() == (SPACE / name).read_bytes(), name
     for name in library:
         assert (out / name).read_bytes() == (ROOT / name).read_bytes(), name
     meta = front_matter(out)
@@ -104,8 +105,8 @@ def test_build_copies_its_explicit_list_and_nothing_else_that_sits_in_the_checko
     assert deploy.main(["build", str(tmp_path / "out"), "--model", "someone/resnet9"]) == 0
     files = set(deploy.built_files(tmp_path / "out"))
     modules = {f"resnet_cifar/{p.name}" for p in package.glob("*.py")}
-    assert files == {"app.py", "README.md", "requirements.txt", "space.json", "resnet_cifar/templates/model_card.md",
-                     *modules, *(f"examples/{name}" for name in deploy.EXAMPLES)}
+    assert files == {"app.py", "uploads.py", "gate.py", "README.md", "requirements.txt", "space.json",
+                     "resnet_cifar/templates/model_card.md", *modules, *(f"examples/{name}" for name in deploy.EXAMPLES)}
     for name in files:
         data = (tmp_path / "out" / name).read_bytes()
         assert TOKEN.encode() not in data and OUTSIDE_BYTES not in data and b"private notes" not in data, name
