@@ -150,7 +150,7 @@ class Service:
         gallery = self.misclassified(count, show_gradcam, layer, opacity)
         mis, names = self.release.misclassified, self.model.class_names
         sheet = contact_sheet([image for image, _ in gallery])
-        index = {"columns": min(SHEET_COLUMNS, len(gallery)), "tile": self.display_size, "images": [
+        index = {"columns": sheet.shape[1] // self.display_size, "tile": self.display_size, "images": [
             {"caption": caption, "predicted": names[int(mis.predicted_labels[i])],
              "probability": round(float(mis.probabilities[i]), 4), "true": names[int(mis.true_labels[i])]}
             for i, (_, caption) in enumerate(gallery)]}
@@ -159,7 +159,9 @@ class Service:
 
 class LastRequests:
     """The last inputs of each event per visitor session, to skip a request whose inputs have not changed since
-    the last: a page's number box fires its change event on each keystroke and again on leaving it."""
+    the last: gradio 6.31 fires a slider's change event twice for one number typed into its box, and neither
+    trigger_mode nor the release event (which waits for the visitor to leave the box) does the job;
+    tests/test_space_browser.py pins both on a bare gradio app."""
 
     def __init__(self, size: int = 4096) -> None:
         self.last: OrderedDict[tuple[str, str], tuple] = OrderedDict()

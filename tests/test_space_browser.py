@@ -332,6 +332,41 @@ def test_typing_a_number_sends_one_request(browser_setup, driver):
     assert log.read_text().count("server time /gradcam images=10") - before == 1
 
 
+def test_bare_gradio_fires_a_sliders_change_twice_for_one_typed_number(driver):
+    """The gap LastRequests (resnet_cifar.service) covers, on a bare gradio app with no code of ours: typing a
+    number into a slider's box and pressing Enter fires its change event twice with the same value, and
+    trigger_mode="always_last" does not merge the two (the first has finished). The release event, the other
+    candidate, fires only on leaving the box: Enter alone would apply nothing. The day this fails, gradio sends
+    one event and LastRequests can go."""
+    import gradio as gr
+    from conftest import free_port
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    calls: dict[str, list[float]] = {"change": [], "release": []}
+    with gr.Blocks() as demo:
+        count = gr.Slider(1, 10, 5, step=1, elem_id="count")
+        shown = gr.Textbox(elem_id="shown")
+        count.change(lambda v: calls["change"].append(v) or str(v), count, shown, trigger_mode="always_last")
+        count.release(lambda v: calls["release"].append(v), count, None)
+    port = free_port()
+    demo.queue().launch(server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        driver.get(f"http://127.0.0.1:{port}/")
+        box = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#count input[type=number]"), "the slider")
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys("10", Keys.ENTER)
+        wait_for(driver, lambda d: calls["change"] and calls["change"][-1] == 10, "the change event")
+        time.sleep(2)
+        on_enter = {name: list(values) for name, values in calls.items()}
+        driver.find_element(By.CSS_SELECTOR, "#shown textarea").click()  # leave the box
+        time.sleep(3)
+    finally:
+        demo.close()
+    assert on_enter == {"change": [10, 10], "release": []}, on_enter
+    assert calls == {"change": [10, 10], "release": [10]}, calls
+
+
 def test_a_number_typed_past_a_sliders_end_is_one_warning_and_the_page_stays(browser_setup, driver):
     """Issue 17: top-k 11 typed into the slider's box used to wipe the image and its prediction."""
     from selenium.webdriver.common.by import By
