@@ -25,7 +25,6 @@ Run: python benchmarks/plain_train.py --config recipes/dawnbench-24.yaml --datas
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time

@@ -290,7 +290,7 @@ def test_a_malformed_misclassified_set_is_one_error_naming_the_file(tmp_path, ki
     folder = make_release(tmp_path / "r")
     path = folder / MISCLASSIFIED_NAME
     path.write_bytes(malformed(kind, path.read_bytes()))
-    with pytest.raises(ReleaseError, match=rf"^misclassified.safetensors of .* is not a readable safetensors file"):
+    with pytest.raises(ReleaseError, match=r"^misclassified.safetensors of .* is not a readable safetensors file"):
         release.read(folder)
 
 
