@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,11 +242,12 @@ API = {  # public endpoint -> (the page component of each argument, in the handl
 def endpoint_params(handler, components: list[Any]) -> list[Param]:
     """The gate's description of one public endpoint: the handler's argument names, an image component's argument
     as a file (required unless the signature says `ImageInput | None`)."""
-    arguments = list(inspect.signature(handler).parameters.values())
+    arguments = list(inspect.signature(handler, eval_str=True).parameters.values())  # the annotations as types
     if len(arguments) != len(components):
         raise ValueError(f"{handler.__name__} takes {len(arguments)} arguments, its event has {len(components)}")
-    return [Param(a.name, file=isinstance(c, gr.Image), required=isinstance(c, gr.Image) and "None" not in str(
-        a.annotation)) for a, c in zip(arguments, components)]
+    return [Param(a.name, file=isinstance(c, gr.Image),
+                  required=isinstance(c, gr.Image) and type(None) not in typing.get_args(a.annotation))
+            for a, c in zip(arguments, components)]
 
 
 def build_demo(space: Space) -> gr.Blocks:
