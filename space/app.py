@@ -280,7 +280,11 @@ def kept(message: str) -> None:
 def wire_page(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[str, Any]) -> None:
     """Page events: not callable as API; an empty image is no error; a bad upload is reported once, as a
     warning, and cleared from the page; a setting out of range (a number typed past a slider's end) is reported
-    once and leaves the page as it was; repeated inputs are skipped."""
+    once and leaves the page as it was; repeated inputs are skipped.
+
+    Events of their own, beside the public ones, because the two refuse differently: a warning with outputs kept
+    or cleared reaches a gradio_client caller as an answer, and a raised error hands the page no output to clear
+    an image with (tests/test_gradio_gaps.py pins both). Both call the same handlers."""
     last = LastRequests()
 
     def shared_settings(layer, opacity) -> str | None:

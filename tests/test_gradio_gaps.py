@@ -1,7 +1,8 @@
 """What gradio itself (6.31) does with the calls the Space's gate refuses and with the files its upload folder
 bounds: a bare gradio app, no gate, no code of ours, one image endpoint as the Space's. Each test pins one shortfall
 that space/gate.py (ApiGate) or space/uploads.py (UploadFolder) exists for; the day one fails, gradio does that job
-itself and our piece for it can go (issue 16, item 1).
+itself and our piece for it can go (issue 16, item 1). The last one pins why space/app.py gives each feature a
+public event and a page event (issue 16, item 2).
 """
 
 from __future__ import annotations
@@ -122,3 +123,61 @@ def test_gradios_cache_cleaning_has_no_byte_budget_and_keeps_what_a_crashed_proc
         gr.Image(type="filepath")
     route_utils.delete_files_created_by_app(demo, None)  # what each scheduled clean (and shutdown) runs; None: all
     assert left.is_file()
+
+
+@pytest.fixture(scope="module")
+def one_event():
+    """A bare app with one event that is both the page's and the API's, answering as the Space's page does: a
+    setting out of range is one warning and every output skipped; a bad image is one warning and cleared."""
+    with gr.Blocks() as demo:
+        image = gr.Textbox("an image")
+        top_k = gr.Slider(1, 10, 3, step=1)
+        label = gr.Label()
+
+        def classify(image, top_k):
+            if top_k > 10:
+                gr.Warning(f"top_k must be a whole number from 1 to 10, got {top_k}")
+                return gr.skip(), gr.skip()
+            if image == "unreadable":
+                gr.Warning("cannot read the image")
+                return None, None
+            if image == "refused":  # the API's way
+                raise gr.Error("cannot read the image", print_exception=False)
+            return {"cat": 1.0}, gr.skip()
+
+        # preprocess=False, as the Space's events: the handler sees what was sent (gradio's own slider check
+        # would refuse 11 first, in words of its own).
+        gr.on([top_k.change], classify, [image, top_k], [label, image], api_name="classify", preprocess=False)
+    port = free_port()
+    demo.queue().launch(server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+def test_what_the_page_says_of_a_refused_request_is_a_success_for_an_api_caller(one_event):
+    """Why the Space wires each feature twice (issue 16, item 2): the page refuses with a warning and keeps or
+    clears its outputs, which a gradio_client caller receives as an answer, with no error to catch; the API must
+    raise instead, and a raised event hands back no output at all, so the page could not clear a refused image
+    with it. The day gradio_client raises on a warning, one event could be both."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(one_event, verbose=False, httpx_kwargs={"timeout": 120})
+    assert client.predict("an image", 3, api_name="/classify")[0]["label"] == "cat"
+    # Neither of the page's refusals raises: the caller gets an answer and no word of the warning.
+    assert client.predict("an image", 11, api_name="/classify") == ({"__type__": "update"},) * 2, "skipped"
+    assert client.predict("unreadable", 3, api_name="/classify") == ({}, None), "cleared: an empty label"
+    with pytest.raises(AppError, match="cannot read the image"):
+        client.predict("refused", 3, api_name="/classify")
+    # What the page receives for a raised event (its /queue/join): the message, and no output to set.
+    url = f"{one_event}gradio_api/"
+    joined = httpx.post(f"{url}queue/join", timeout=60, json={"data": ["refused", 3], "fn_index": 0,
+                                                              "session_hash": "page"})
+    assert joined.status_code == 200, joined.text
+    with httpx.stream("GET", f"{url}queue/data", params={"session_hash": "page"}, timeout=60) as events:
+        done = next(json.loads(line[5:]) for line in events.iter_lines()
+                    if line.startswith("data:") and json.loads(line[5:]).get("msg") == "process_completed")
+    assert done["success"] is False and done["output"]["error"] == "cannot read the image", done
+    assert "data" not in done["output"], "a raised event sets none of its outputs"
