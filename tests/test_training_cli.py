@@ -74,6 +74,23 @@ def test_the_release_records_its_resolved_config(trained):
     assert "one 8x8 cutout hole filled with the dataset mean (p = 0.5)" in readme
 
 
+def test_a_checkpoint_rebuilds_its_module_with_lightnings_own_loader(trained):
+    """The checkpoint's hyper_parameters are LitResNet's init arguments (the model, the run's config, the LR it
+    trains with: the finder's here), so Lightning's load_from_checkpoint rebuilds the very module, weights-only."""
+    from training.module import LitResNet
+
+    _, out, _, _ = trained
+    recorded = json.loads((out / "release" / release.TRAINING_CONFIG_NAME).read_text())
+    path = out / "checkpoints" / "last.ckpt"
+    lit = LitResNet.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    assert lit.max_lr == saved["max_lr_used"] == recorded["max_lr_used"]
+    assert lit.config.optim.epochs == 2 and lit.config.data.batch_size == 32
+    state = lit.state_dict()
+    assert state.keys() == saved["state_dict"].keys()
+    assert all(torch.equal(state[k], v) for k, v in saved["state_dict"].items())
+
+
 def test_one_evaluation_one_number_everywhere(trained):
     _, out, _, console = trained
     rel = out / "release"
