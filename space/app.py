@@ -285,8 +285,9 @@ def wire_page(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[
     Events of their own, beside the public ones, because the two refuse differently: a warning with outputs kept
     or cleared reaches a gradio_client caller as an answer, and a raised error hands the page no output to clear
     an image with (tests/test_gradio_gaps.py pins both). One event for both would have to ask in every handler
-    who is calling (gr.EventData's target) and chain a page-only listener to clear the image, and /misclassified
-    answers a sheet where the page shows a gallery; two events calling the same handlers are the plainer code."""
+    who is calling (gr.EventData's target): the page's repeated inputs are skipped, an API caller's repeated call
+    must be answered; it would chain a page-only listener to clear a refused image, and /misclassified answers a
+    sheet where the page shows a gallery. Two events calling the same handlers are the plainer code."""
     last = LastRequests()
 
     def shared_settings(layer, opacity) -> str | None:
