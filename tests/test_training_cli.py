@@ -153,6 +153,16 @@ def test_the_progress_bar_counts_epochs_from_one(trained):
     assert "Epoch 1/2" in console and "Epoch 2/2" in console and "Epoch 0/" not in console
 
 
+def test_the_console_says_each_thing_once_and_which_evaluation_the_release_is(trained):
+    _, out, _, console = trained
+    fit = json.loads((out / "metrics.json").read_text())["calibration"]
+    assert console.count("Test metric") == 1, "one table: the release's test evaluation, after the temperature"
+    line = (f"temperature {fit['temperature']:.4f} fitted on the 300 test images (two folds, each measured on the "
+            f"other): NLL {fit['nll_before']:.4f} -> {fit['nll_after_cross_fitted']:.4f}")
+    assert line in console and console.index(line) < console.index("Test metric")
+    assert "trained 2 epochs in" in console
+
+
 def test_the_push_is_one_commit_of_exactly_the_release_without_the_token(trained):
     code, out, hub, console = trained
     assert code == 0
@@ -594,6 +604,9 @@ def test_the_default_path_on_the_sample_is_better_than_chance(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.16, metrics
+    console = result.stdout + result.stderr  # what a user sees: Lightning's log lines go to stderr
+    assert console.count("Seed set to 0") == 1, "the reseed before the module is built is not said again"
+    assert console.count("Test metric") == 1 and "temperature " in console
     predicted = ResNet9.from_pretrained(out / "release").predict(
         [img for img in sample_split("test")[0][:100]], top_k=1)
     assert len({row[0][0] for row in predicted}) >= 3, "not one class for everything"
