@@ -786,3 +786,29 @@ def test_eval_says_which_stated_figure_the_weights_do_not_measure(trained, capsy
 def test_eval_of_a_source_that_is_no_release_is_one_line(tmp_path, capsys):
     code, console = run_eval([str(tmp_path / "nothing"), "--dataset", str(SAMPLE)], capsys)
     assert code == 2 and console.count("\n") == 1 and "resnet-cifar-eval: error:" in console
+
+
+BUNDLED = ROOT / "space" / "model"  # states its figures on the 10,000 test images
+
+
+def test_eval_on_a_split_smaller_than_the_release_states_is_one_line_that_says_what_to_pass(capsys):
+    code, console = run_eval([str(BUNDLED), "--dataset", str(SAMPLE)], capsys)
+    error = console.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in console
+    assert error.startswith(f"resnet-cifar-eval: error: {BUNDLED} states its figures on 10,000 images of split 'test'")
+    assert f"{SAMPLE} has 300" in error and "pass --limit N (1 to 300) to measure the first N without comparing" in error
+    assert "--limit must be" not in error, "no --limit was given: the message must not blame one"
+
+
+def test_eval_with_a_limit_other_than_the_stated_count_reports_without_judging(capsys, tmp_path):
+    code, console = run_eval([str(BUNDLED), "--dataset", str(SAMPLE), "--limit", "300", "--json",
+                              str(tmp_path / "m.json")], capsys)
+    assert code == 0, console
+    assert "not compared: the release states its figures on 10,000 images, these are 300" in console
+    assert "MISMATCH" not in console and "match" not in console.replace("not compared", "")
+    images, labels = sample_split("test")
+    model = ResNet9.from_pretrained(BUNDLED)
+    accuracy = float((model.probabilities(normalize(images, model.mean, model.std)).argmax(1).numpy() == labels).mean())
+    measured = json.loads((tmp_path / "m.json").read_text())
+    assert measured["test_images"] == 300 and measured["test_accuracy"] == pytest.approx(accuracy, abs=1 / 300)
+    assert f"test accuracy (no TTA): {measured['test_accuracy'] * 100:.2f} %" in console

@@ -31,6 +31,12 @@ def stated_metrics(source: str, revision: str | None) -> dict[str, Any] | None:
         return None
 
 
+def shown(key: str, value: float) -> str:
+    """A figure as the lines print it: accuracies and ECE in %, NLL as it is."""
+    tolerance = next(t for k, _, t in COMPARED if k == key)
+    return f"{value * 100:.2f} %" if tolerance is None or key == "ece" else f"{value:.4f}"
+
+
 def compare(measured: dict[str, Any], metrics: dict[str, Any] | None, card: float | None) -> tuple[list[str], bool]:
     """Lines 'figure: measured / stated: match|MISMATCH', and whether everything stated matched."""
     n = measured["test_images"]
@@ -40,16 +46,15 @@ def compare(measured: dict[str, Any], metrics: dict[str, Any] | None, card: floa
         ok = False
     for key, words, tolerance in COMPARED:
         value = measured[key]
-        shown = f"{value * 100:.2f} %" if tolerance is None or key == "ece" else f"{value:.4f}"
         if metrics is None or metrics.get(key) is None:
-            lines.append(f"{words}: {shown} (the release states none)")
+            lines.append(f"{words}: {shown(key, value)} (the release states none)")
             continue
         limit = 1.0 / n + 1e-9 if tolerance is None else tolerance
         claim = float(metrics[key])
         good = abs(value - claim) <= limit
         ok &= good
-        claim_shown = f"{claim * 100:.2f} %" if tolerance is None or key == "ece" else f"{claim:.4f}"
-        lines.append(f"{words}: measured {shown}, metrics.json {claim_shown}: {'match' if good else 'MISMATCH'}")
+        lines.append(f"{words}: measured {shown(key, value)}, metrics.json {shown(key, claim)}: "
+                     f"{'match' if good else 'MISMATCH'}")
     if card is not None:  # the model-index value, a fraction
         value = measured["test_accuracy"]
         good = abs(value - card) <= 1.0 / n + 5e-5  # one image, and the card's rounding to 4 decimals
@@ -80,23 +85,35 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except NETWORK_ERRORS as err:
         print(f"resnet-cifar-eval: error: {first_line(err, 500)}", file=sys.stderr)
         return 2
-    limit = args.limit if args.limit is not None else (metrics or {}).get("test_images")
+    stated = None if metrics is None or metrics.get("test_images") is None else int(metrics["test_images"])
+    if args.limit is not None and not 1 <= args.limit <= len(labels):
+        parser.error(f"--limit must be from 1 to {len(labels):,} (the split's images), got {args.limit}")
+    if args.limit is None and stated is not None and stated > len(labels):
+        parser.error(f"{args.source} states its figures on {stated:,} images of split {args.split!r} (of "
+                     f"{metrics.get('dataset', 'its dataset')}), {args.dataset} has {len(labels):,}: measure on the "
+                     f"dataset it was measured on, or pass --limit N (1 to {len(labels):,}) to measure the first N "
+                     "without comparing")
+    limit = args.limit if args.limit is not None else stated
     if limit is not None:
-        if not 1 <= int(limit) <= len(labels):
-            parser.error(f"--limit must be from 1 to {len(labels)} (the split's images), got {limit}")
-        images, labels = images[: int(limit)], labels[: int(limit)]
+        images, labels = images[:limit], labels[:limit]
     probs, tta = predict_split(model, images, model.mean, model.std)
     measured = figures(probs, tta, labels, model.class_names)
     print(f"{args.source}: {len(labels):,} images of {args.dataset} split {args.split!r}"
           + (" (the first ones, as the release states)" if limit is not None and args.limit is None else ""))
     for name, value in measured["per_class_accuracy"].items():
         print(f"  {name:<12} {'-' if value is None else f'{value * 100:.2f} %'}")
-    lines, ok = compare(measured, metrics, card)
+    compared = stated is None or args.limit is None or args.limit == stated  # else asked for: reported, not judged
+    if compared:
+        lines, ok = compare(measured, metrics, card)
+    else:
+        lines, ok = [f"{words}: {shown(key, measured[key])}" for key, words, _ in COMPARED], True
+        lines.append(f"not compared: the release states its figures on {stated:,} images, these are {limit:,}")
     for line in lines:
         print(line)
     if args.json is not None:
         args.json.write_text(json.dumps(measured, indent=2))
-    print("every stated figure matches" if ok else "some stated figures do not match what the weights measure")
+    if compared:
+        print("every stated figure matches" if ok else "some stated figures do not match what the weights measure")
     return 0 if ok else 1
 
 
