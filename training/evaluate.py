@@ -96,10 +96,11 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     limit = args.limit if args.limit is not None else stated
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
+    print(f"{args.source}: {len(labels):,} images of {args.dataset} split {args.split!r}"  # before the wait
+          + (" (the first ones, as the release states)" if limit is not None and args.limit is None else ""),
+          flush=True)
     probs, tta = predict_split(model, images, model.mean, model.std)
     measured = figures(probs, tta, labels, model.class_names)
-    print(f"{args.source}: {len(labels):,} images of {args.dataset} split {args.split!r}"
-          + (" (the first ones, as the release states)" if limit is not None and args.limit is None else ""))
     for name, value in measured["per_class_accuracy"].items():
         print(f"  {name:<12} {'-' if value is None else f'{value * 100:.2f} %'}")
     compared = stated is None or args.limit is None or args.limit == stated  # else asked for: reported, not judged
