@@ -334,10 +334,10 @@ def test_typing_a_number_sends_one_request(browser_setup, driver):
 
 def test_bare_gradio_fires_a_sliders_change_twice_for_one_typed_number(driver):
     """The gap LastRequests (resnet_cifar.service) covers, on a bare gradio app with no code of ours: typing a
-    number into a slider's box and pressing Enter fires its change event twice with the same value, and
-    trigger_mode="always_last" does not merge the two (the first has finished). The release event, the other
-    candidate, fires only on leaving the box: Enter alone would apply nothing. The day this fails, gradio sends
-    one event and LastRequests can go."""
+    number into a slider's box and pressing Enter fires its change event more than once, mostly twice with the
+    same value ([10, 10]; once in a while [1, 10], the first digit on its own), and trigger_mode="always_last"
+    does not merge them (the first has finished). The release event, the other candidate, fires only on leaving
+    the box: Enter alone would apply nothing. The day this fails, gradio sends one event and LastRequests can go."""
     import gradio as gr
     from conftest import free_port
     from selenium.webdriver.common.by import By
@@ -363,8 +363,8 @@ def test_bare_gradio_fires_a_sliders_change_twice_for_one_typed_number(driver):
         time.sleep(3)
     finally:
         demo.close()
-    assert on_enter == {"change": [10, 10], "release": []}, on_enter
-    assert calls == {"change": [10, 10], "release": [10]}, calls
+    assert len(on_enter["change"]) >= 2 and on_enter["change"][-1] == 10 and on_enter["release"] == [], on_enter
+    assert calls == {"change": on_enter["change"], "release": [10]}, calls
 
 
 def test_a_number_typed_past_a_sliders_end_is_one_warning_and_the_page_stays(browser_setup, driver):
