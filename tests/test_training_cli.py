@@ -533,6 +533,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MEMBER: 2/2" in result.stderr + result.stdout
+    assert (result.stdout + result.stderr).count("fitted on the 300 test images") == 1, "rank zero says it"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["optimizer_steps"] == 3
     assert metrics["test_images"] == 300, "each test image counted once, though DDP pads its shards"

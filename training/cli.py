@@ -344,10 +344,11 @@ def calibrate(lit: LitResNet, trainer: L.Trainer, dm: CIFAR10DataModule) -> Cali
     scale = lit.model.logit_scale / fitted.temperature
     lit.model.logit_scale = scale
     lit.hparams["model_config"]["logit_scale"] = scale
-    print(f"temperature {fitted.temperature:.4f} fitted on the {fitted.images:,} test images (two folds, each "
-          f"measured on the other): NLL {fitted.nll_before:.4f} -> {fitted.nll_after:.4f}, ECE "
-          f"{fitted.ece_before * 100:.2f} % -> {fitted.ece_after * 100:.2f} %; the release's test evaluation:",
-          flush=True)
+    if trainer.is_global_zero:  # said once, as Lightning's table is
+        print(f"temperature {fitted.temperature:.4f} fitted on the {fitted.images:,} test images (two folds, each "
+              f"measured on the other): NLL {fitted.nll_before:.4f} -> {fitted.nll_after:.4f}, ECE "
+              f"{fitted.ece_before * 100:.2f} % -> {fitted.ece_after * 100:.2f} %; the release's test evaluation:",
+              flush=True)
     trainer.test(lit, datamodule=dm)
     after = lit.evaluation
     assert after is not None
