@@ -9,8 +9,6 @@ or another server can use them as they are.
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -155,26 +153,3 @@ class Service:
              "probability": round(float(mis.probabilities[i]), 4), "true": names[int(mis.true_labels[i])]}
             for i, (_, caption) in enumerate(gallery)]}
         return sheet, index
-
-
-class LastRequests:
-    """The last inputs of each event per visitor session, to skip a request whose inputs have not changed since
-    the last: gradio 6.31 fires a slider's change event twice for one number typed into its box, and neither
-    trigger_mode nor the release event (which waits for the visitor to leave the box) does the job;
-    tests/test_space_browser.py pins both on a bare gradio app."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self.last: OrderedDict[tuple[str, str], tuple] = OrderedDict()
-        self.size, self.lock = size, threading.Lock()
-
-    def repeated(self, session: str, event: str, *inputs: Any) -> bool:
-        """Whether `inputs` are this session's last inputs of `event`; remembers them either way (the `size`
-        most recent sessions and events)."""
-        key = (session, event)
-        with self.lock:
-            same = key in self.last and self.last[key] == inputs
-            self.last[key] = inputs
-            self.last.move_to_end(key)
-            while len(self.last) > self.size:
-                self.last.popitem(last=False)
-        return same

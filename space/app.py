@@ -15,8 +15,10 @@ import inspect
 import json
 import logging
 import os
+import threading
 import time
 import typing
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from resnet_cifar.errors import first_line
 from resnet_cifar.gradcam import LAYER_DESCRIPTIONS, LAYERS, jet
 from resnet_cifar.hub import NETWORK_ERRORS
 from resnet_cifar.preprocess import ImageError
-from resnet_cifar.service import RUNNER_UP, LastRequests, Service
+from resnet_cifar.service import RUNNER_UP, Service
 from resnet_cifar.serving import return_freed_memory, save_image
 
 # Siblings of this file, imported as the Space runs it (`python app.py`: its folder is first on sys.path).
@@ -265,6 +267,29 @@ def build_demo(space: Space) -> gr.Blocks:
                   concurrency_limit=space.settings.requests, concurrency_id="model", api_visibility="public")
         wire_page(demo, space, ui, handlers)
     return demo
+
+
+class LastRequests:
+    """The last inputs of each page event per visitor session, to skip a request whose inputs have not changed
+    since the last: gradio 6.31 fires a slider's change (and input) event twice for one number typed into its box,
+    and neither trigger_mode nor the release event (which waits for the visitor to leave the box) does the job;
+    tests/test_space_browser.py pins each on a bare gradio app."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.last: OrderedDict[tuple[str, str], tuple] = OrderedDict()
+        self.size, self.lock = size, threading.Lock()
+
+    def repeated(self, session: str, event: str, *inputs: Any) -> bool:
+        """Whether `inputs` are this session's last inputs of `event`; remembers them either way (the `size`
+        most recent sessions and events)."""
+        key = (session, event)
+        with self.lock:
+            same = key in self.last and self.last[key] == inputs
+            self.last[key] = inputs
+            self.last.move_to_end(key)
+            while len(self.last) > self.size:
+                self.last.popitem(last=False)
+        return same
 
 
 def session(request: gr.Request) -> str:

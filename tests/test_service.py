@@ -13,7 +13,7 @@ from PIL import Image
 
 from resnet_cifar import release
 from resnet_cifar.preprocess import ImageError, load_image
-from resnet_cifar.service import RUNNER_UP, LastRequests, Service, contact_sheet
+from resnet_cifar.service import RUNNER_UP, Service, contact_sheet
 
 
 @pytest.fixture(scope="module")
@@ -121,14 +121,3 @@ def test_a_contact_sheet_fills_rows_of_ten_and_pads_the_last_with_white():
 
 def test_examples_are_decoded_with_the_library_limits(service):
     assert [e.shape for e in service.examples] == [load_image(p).shape for p in EXAMPLES[:3]]
-
-
-def test_last_requests_skips_only_an_unchanged_repeat_of_the_same_session_and_event():
-    last = LastRequests(size=2)
-    assert not last.repeated("a", "gradcam", "cat.png", 5)
-    assert last.repeated("a", "gradcam", "cat.png", 5)
-    assert not last.repeated("a", "gradcam", "cat.png", 6), "other inputs"
-    assert not last.repeated("b", "gradcam", "cat.png", 6), "another visitor"
-    assert not last.repeated("a", "compare", "cat.png", 6), "another event"
-    assert not last.repeated("a", "gradcam", "cat.png", 6), "forgotten: only the 2 most recent keys are kept"
-    assert len(last.last) == 2

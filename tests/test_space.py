@@ -629,6 +629,17 @@ def test_the_heatmap_has_its_colour_scale_and_a_line_on_each_layer(space):
     assert all(line.count(LAYER_DESCRIPTIONS[name]) == 1 for name in LAYERS)
 
 
+def test_last_requests_skips_only_an_unchanged_repeat_of_the_same_session_and_event():
+    last = app.LastRequests(size=2)
+    assert not last.repeated("a", "gradcam", "cat.png", 5)
+    assert last.repeated("a", "gradcam", "cat.png", 5)
+    assert not last.repeated("a", "gradcam", "cat.png", 6), "other inputs"
+    assert not last.repeated("b", "gradcam", "cat.png", 6), "another visitor"
+    assert not last.repeated("a", "compare", "cat.png", 6), "another event"
+    assert not last.repeated("a", "gradcam", "cat.png", 6), "forgotten: only the 2 most recent keys are kept"
+    assert len(last.last) == 2
+
+
 def page_events(space) -> dict:
     """The page's own event handlers, as gradio calls them (they are private: no API name)."""
     demo = app.build_demo(space)
