@@ -324,6 +324,15 @@ def test_api_classify_returns_exactly_top_k(client, space):
         assert [c["label"] for c in result["confidences"]] == list(expected)
 
 
+def test_an_api_caller_asking_the_same_twice_is_answered_twice(client):
+    """The page skips a repeated input (LastRequests); the API never does: its events are not the page's."""
+    first = call(client, "/classify", EXAMPLES[2], 3)
+    assert call(client, "/classify", EXAMPLES[2], 3) == first and len(first["confidences"]) == 3
+    galleries = [call(client, "/gradcam", None, 2, "layer3", 0.5) for _ in range(2)]
+    assert [len(g) for g in galleries] == [2, 2] and [i["caption"] for i in galleries[0]] == \
+        [i["caption"] for i in galleries[1]]
+
+
 @pytest.mark.parametrize("top_k", [0, 11, -1, 2.5])
 def test_api_classify_refuses_top_k_outside_1_to_10(client, top_k):
     refused(client, r"top_k must be a whole number from 1 to 10", "/classify", EXAMPLES[0], top_k)
