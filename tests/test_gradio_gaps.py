@@ -56,6 +56,19 @@ def call(url: str, name: str, body) -> tuple[int, str]:
     return 200, httpx.get(f"{url}call/{name}/{event}", timeout=60).text
 
 
+def page_call(url: str, fn_index: int, data: list, session: str) -> dict:
+    """Call an event by fn_index over /queue/join, as the page does: its process_completed message."""
+    joined = httpx.post(f"{url}queue/join", timeout=60,
+                        json={"data": data, "fn_index": fn_index, "session_hash": session})
+    assert joined.status_code == 200, joined.text
+    with httpx.stream("GET", f"{url}queue/data", params={"session_hash": session}, timeout=60) as events:
+        for line in events.iter_lines():
+            message = json.loads(line[5:]) if line.startswith("data:") else {}
+            if message.get("msg") == "process_completed":
+                return message
+    raise AssertionError(f"no process_completed for fn_index {fn_index}")
+
+
 def test_a_file_payload_without_gradios_marker_skips_its_upload_check_and_a_server_file_is_read(bare):
     url, received, secret = bare
     before = len(received)
@@ -94,16 +107,8 @@ def test_the_example_gallery_answers_a_bad_index_without_a_word_and_takes_minus_
                  if any(c["id"] in d["inputs"] and c["type"] == "dataset" for c in config["components"]))
     answers = {}
     for value in (10, "3", None, -1, 0):
-        session = f"s{value}"
-        joined = httpx.post(f"{url}queue/join", timeout=60,
-                            json={"data": [value], "fn_index": index, "session_hash": session})
-        assert joined.status_code == 200, joined.text
-        with httpx.stream("GET", f"{url}queue/data", params={"session_hash": session}, timeout=60) as events:
-            for line in events.iter_lines():
-                message = json.loads(line[5:]) if line.startswith("data:") else {}
-                if message.get("msg") == "process_completed":
-                    answers[value] = (message.get("success"), (message.get("output") or {}).get("error"))
-                    break
+        message = page_call(url, index, [value], f"s{value}")
+        answers[value] = (message.get("success"), (message.get("output") or {}).get("error"))
     assert answers == {10: (False, None), "3": (False, None), None: (False, None), -1: (True, None),
                        0: (True, None)}, answers
 
@@ -172,12 +177,6 @@ def test_what_the_page_says_of_a_refused_request_is_a_success_for_an_api_caller(
     with pytest.raises(AppError, match="cannot read the image"):
         client.predict("refused", 3, api_name="/classify")
     # What the page receives for a raised event (its /queue/join): the message, and no output to set.
-    url = f"{one_event}gradio_api/"
-    joined = httpx.post(f"{url}queue/join", timeout=60, json={"data": ["refused", 3], "fn_index": 0,
-                                                              "session_hash": "page"})
-    assert joined.status_code == 200, joined.text
-    with httpx.stream("GET", f"{url}queue/data", params={"session_hash": "page"}, timeout=60) as events:
-        done = next(json.loads(line[5:]) for line in events.iter_lines()
-                    if line.startswith("data:") and json.loads(line[5:]).get("msg") == "process_completed")
+    done = page_call(f"{one_event}gradio_api/", 0, ["refused", 3], "page")
     assert done["success"] is False and done["output"]["error"] == "cannot read the image", done
     assert "data" not in done["output"], "a raised event sets none of its outputs"
