@@ -33,8 +33,7 @@ def stated_metrics(source: str, revision: str | None) -> dict[str, Any] | None:
 
 def shown(key: str, value: float) -> str:
     """A figure as the lines print it: accuracies and ECE in %, NLL as it is."""
-    tolerance = next(t for k, _, t in COMPARED if k == key)
-    return f"{value * 100:.2f} %" if tolerance is None or key == "ece" else f"{value:.4f}"
+    return f"{value:.4f}" if key == "test_loss" else f"{value * 100:.2f} %"
 
 
 def compare(measured: dict[str, Any], metrics: dict[str, Any] | None, card: float | None) -> tuple[list[str], bool]:
