@@ -253,19 +253,13 @@ def endpoint_params(handler, components: list[Any]) -> list[Param]:
 
 
 def build_demo(space: Space) -> gr.Blocks:
-    """The page and its API: the public endpoints first (the page's events must not take their names)."""
+    """The page and its API, each feature wired once (`wire`)."""
     with gr.Blocks(title="ResNet-9 CIFAR-10 explained") as demo:
         ui = layout(space)
         files = space.uploads.path / "gallery"  # inside gradio's cache folder: served, and swept with it
         handlers = {name: refusals_as_errors(getattr(space, name)) for name in API}
         handlers = {name: as_files(h, files) if name != "classify" else h for name, h in handlers.items()}
-        api = {**handlers, "misclassified": as_sheet_file(refusals_as_errors(space.misclassified_sheet), files)}
-        for name, (inputs, output) in API.items():
-            outputs = [ui[c] for c in output] if isinstance(output, tuple) else ui[output]
-            # preprocess=False: the app itself checks that an image is an upload of this Space, then decodes it.
-            gr.on([], api[name], [ui[c] for c in inputs], outputs, api_name=name, preprocess=False,
-                  concurrency_limit=space.settings.requests, concurrency_id="model", api_visibility="public")
-        wire_page(demo, space, ui, handlers)
+        wire(demo, space, ui, handlers, as_sheet_file(refusals_as_errors(space.misclassified_sheet), files))
     return demo
 
 
@@ -297,23 +291,85 @@ def session(request: gr.Request) -> str:
     return getattr(request, "session_hash", None) or ""
 
 
+def from_page(event: gr.EventData) -> bool:
+    """Whether the page asked: its events name the component that triggered them; an API caller's call names none
+    (gradio_client, /call, /run and /queue/join without a trigger_id), which is also how gradio's own run history
+    tells the two apart (gradio.route_utils._is_automatic_run). The page's load event names no component either:
+    its one call (the examples' Grad-CAM at the defaults) is answered as an API caller's would be, the same
+    gallery. tests/test_gradio_gaps.py pins the difference on a bare gradio app."""
+    return getattr(event, "target", None) is not None
+
+
 def kept(message: str) -> None:
     """A refused setting on the page: say so once, as a warning, and change nothing the visitor sees."""
     gr.Warning(message)
 
 
-def wire_page(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[str, Any]) -> None:
-    """Page events: not callable as API; an empty image is no error; a bad upload is reported once, as a
-    warning, and cleared from the page; a setting out of range (a number typed past a slider's end) is reported
-    once and leaves the page as it was; repeated inputs are skipped.
+class Sessions:
+    """A bounded set of visitor sessions (the `size` most recently added)."""
 
-    Events of their own, beside the public ones, because the two refuse differently: a warning with outputs kept
-    or cleared reaches a gradio_client caller as an answer, and a raised error hands the page no output to clear
-    an image with (tests/test_gradio_gaps.py pins both). One event for both would have to ask in every handler
-    who is calling (gr.EventData's target): the page's repeated inputs are skipped, an API caller's repeated call
-    must be answered; it would chain a page-only listener to clear a refused image, and /misclassified answers a
-    sheet where the page shows a gallery. Two events calling the same handlers are the plainer code."""
-    last = LastRequests()
+    def __init__(self, size: int = 4096) -> None:
+        self.sessions: OrderedDict[str, None] = OrderedDict()
+        self.size, self.lock = size, threading.Lock()
+
+    def add(self, session: str) -> None:
+        with self.lock:
+            self.sessions[session] = None
+            self.sessions.move_to_end(session)
+            while len(self.sessions) > self.size:
+                self.sessions.popitem(last=False)
+
+    def pop(self, session: str) -> bool:
+        """Whether `session` was in the set; it is not any more."""
+        with self.lock:
+            if session not in self.sessions:
+                return False
+            del self.sessions[session]
+            return True
+
+
+def one_event(name: str, api, page, last: LastRequests):
+    """The handler of a feature's one event, the page's and the API's: an API caller gets `api` (every call
+    answered, every refusal raised as an error); the page gets `page` (a refusal is one warning that keeps or
+    clears what the page shows), its repeated inputs skipped (LastRequests).
+
+    The arguments are `api`'s own, by its signature (the API's names: the Service method's), then the page's own
+    State inputs (`page`'s further arguments but the last, the request: gradio keeps a State out of the API and
+    hands an API caller's call the session's value), then the event and the request gradio adds."""
+    arguments = list(inspect.signature(api).parameters.values())
+    page_only = list(inspect.signature(page).parameters.values())[len(arguments):-1]
+
+    def handler(*args):
+        *inputs, event, request = args
+        if not from_page(event):
+            return api(*inputs[:len(arguments)])
+        if last.repeated(session(request), name, *inputs):
+            return gr.skip()
+        return page(*inputs, request)
+
+    handler.api = api  # type: ignore[attr-defined]  # the API's side, for the gate's description of the endpoint
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    handler.__name__ = handler.__qualname__ = name
+    handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [p.replace(kind=positional, annotation=inspect.Parameter.empty) for p in arguments + page_only]
+        + [inspect.Parameter("event", positional, annotation=gr.EventData),
+           inspect.Parameter("request", positional, annotation=gr.Request)])
+    handler.__annotations__ = {"event": gr.EventData, "request": gr.Request}  # what gradio reads to fill them in
+    return handler
+
+
+def wire(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[str, Any], sheet) -> None:
+    """Every event of the page and the API. Each feature is one event: the page's components trigger it and API
+    callers call it by its name (one_event tells them apart). On the page an empty image is no error; a bad upload
+    is reported once, as a warning, and cleared from the page; a setting out of range (a number typed past a
+    slider's end) is reported once and leaves the page as it was; repeated inputs are skipped; Grad-CAM is not
+    computed while hidden. The API refuses each of them with an error (a warning would reach an API caller as an
+    answer, and a raised error gives the page no output to clear: tests/test_gradio_gaps.py pins both).
+
+    The misclassified set is the one feature with two answers: the page shows a gallery, /misclassified answers
+    one contact sheet and its index (gradio_client fetches every gallery image over a connection of its own: 100
+    of them took ~2.3 s, BENCHMARKS.md), so it has a page event and a public one with no trigger on the page."""
+    last, refused = LastRequests(), Sessions()
 
     def shared_settings(layer, opacity) -> str | None:
         """What is wrong with the layer and opacity every Grad-CAM event shares (None: nothing)."""
@@ -323,21 +379,26 @@ def wire_page(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[
             return first_line(err, 400)
         return None
 
-    def page_classify(image, top_k, request: gr.Request):
-        if last.repeated(session(request), "classify", image, top_k):
-            return gr.skip(), gr.skip()
+    def classify(image, top_k, request: gr.Request):
+        if image is None:
+            return None
         try:
-            return (None if image is None else handlers["classify"](image, top_k)), gr.skip()
-        except ImageRefused as err:  # say it once, and take the unreadable image off the page
+            return handlers["classify"](image, top_k)
+        except ImageRefused as err:  # say it once; the next step takes the unreadable image off the page
             gr.Warning(err.message)
-            return None, None
+            refused.add(session(request))
+            return None
         except gr.Error as err:  # top-k out of range: the image and its prediction stay
             kept(err.message)
-            return gr.skip(), gr.skip()
-
-    def page_gradcam(image, show, count, layer, opacity, request: gr.Request):
-        if last.repeated(session(request), "gradcam", image, show, count, layer, opacity):
             return gr.skip()
+
+    def clear_refused(request: gr.Request):
+        """The page's next step after classify: the image classify refused, off the page. Its own step because an
+        event hands the image back only as an output, and an output of the page's alone (a State) would reach the
+        answers of /call/classify as one more value (tests/test_gradio_gaps.py)."""
+        return None if refused.pop(session(request)) else gr.skip()
+
+    def gradcam(image, count, layer, opacity, shown, request: gr.Request):
         # The shared settings are reported here, once, whichever galleries are shown (the others stay silent);
         # checked by the Service's own rules, also when the gallery is hidden.
         try:
@@ -345,17 +406,15 @@ def wire_page(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[
         except ValueError as err:
             kept(first_line(err, 400))
             return gr.skip()
-        if not show:
+        if not shown:
             return gr.update(visible=False)
         try:
             return gr.update(visible=True, value=handlers["gradcam"](image, count, layer, opacity))
         except ImageRefused:  # the classifier reports the bad upload; the examples still explain
             return gr.update(visible=True, value=handlers["gradcam"](None, count, layer, opacity))
 
-    def page_compare(image, class_name, layer, opacity, request: gr.Request):
-        if last.repeated(session(request), "compare", image, class_name, layer, opacity):
-            return gr.skip()
-        if shared_settings(layer, opacity) is not None:  # page_gradcam says what is wrong
+    def compare(image, class_name, layer, opacity, request: gr.Request):
+        if shared_settings(layer, opacity) is not None:  # gradcam says what is wrong
             return gr.skip()
         try:
             return None if image is None else handlers["compare"](image, class_name, layer, opacity)
@@ -370,7 +429,7 @@ def wire_page(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[
             return gr.skip()
         if not show or space.num_misclassified == 0:
             return gr.update(visible=False)
-        if shared_settings(layer, opacity) is not None:  # page_gradcam says what is wrong
+        if shared_settings(layer, opacity) is not None:  # gradcam says what is wrong
             return gr.skip()
         try:
             return gr.update(visible=True, value=handlers["misclassified"](count, with_cam, layer, opacity))
@@ -378,36 +437,65 @@ def wire_page(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[
             kept(err.message)
             return gr.skip()
 
-    page = dict(preprocess=False, concurrency_limit=space.settings.requests, concurrency_id="model",
-                api_name=False, api_visibility="private", trigger_mode="always_last")
+    def shown(show):
+        """Whether Grad-CAM is shown, into the page's State: its change asks for the gallery when shown again."""
+        return show
+
+    def feature(name: str, triggers: list, page=None, *page_state):
+        """The public event `name`: its arguments and output(s) as API names them, then the page's State; `page`:
+        the page's side (one_event), None for an event the page does not trigger."""
+        inputs, output = API[name]
+        outputs = [ui[c] for c in output] if isinstance(output, tuple) else ui[output]
+        handler = one_event(name, handlers[name], page, last) if page else sheet
+        # preprocess=False: the app itself checks that an image is an upload of this Space, then decodes it.
+        return gr.on(triggers, handler, [*(ui[c] for c in inputs), *page_state], outputs, api_name=name,
+                     api_visibility="public", trigger_mode="always_last", **model)
+
+    model = dict(preprocess=False, concurrency_limit=space.settings.requests, concurrency_id="model")
+    private = dict(api_name=False, api_visibility="private")
+    cam_shown = gr.State(True)  # the page's own: gradio keeps a State out of the API
     explained = [ui["layer"].change, ui["opacity"].change]
-    gr.on([ui["image"].change, ui["top_k"].change], page_classify, [ui["image"], ui["top_k"]],
-          [ui["label"], ui["image"]], **page)
-    gr.on([demo.load, ui["image"].change, ui["show_cam"].change, ui["cam_count"].change, *explained], page_gradcam,
-          [ui[k] for k in ("image", "show_cam", "cam_count", "layer", "opacity")], ui["cam_gallery"], **page)
-    gr.on([ui["image"].change, ui["why_not"].change, *explained], page_compare,
-          [ui[k] for k in ("image", "why_not", "layer", "opacity")], ui["compare_gallery"], **page)
+    feature("classify", [ui["image"].change, ui["top_k"].change], classify).then(
+        clear_refused, None, ui["image"], queue=False, **private)
+    feature("gradcam", [demo.load, ui["image"].change, ui["cam_count"].change, *explained, cam_shown.change],
+            gradcam, cam_shown)
+    feature("misclassified", [])  # the API's contact sheet; the page's gallery is page_misclassified's
+    feature("compare", [ui["image"].change, ui["why_not"].change, *explained], compare)
+    # Through the queue: gradio 6.31 fires a State's change only for a queued event's answer (its changed_state_ids).
+    ui["show_cam"].change(shown, ui["show_cam"], cam_shown, **private)
     gr.on([ui["show_mis"].change, ui["mis_count"].change, ui["mis_cam"].change, *explained], page_misclassified,
-          [ui[k] for k in ("show_mis", "mis_count", "mis_cam", "layer", "opacity")], ui["mis_gallery"], **page)
+          [ui[k] for k in ("show_mis", "mis_count", "mis_cam", "layer", "opacity")], ui["mis_gallery"],
+          trigger_mode="always_last", **model, **private)
 
 
 def api_gate(demo: gr.Blocks, space: Space) -> Middleware:
     """The HTTP gate in front of gradio: every event's arguments, images only as uploads of this Space."""
 
     events = demo.get_config_file()["dependencies"]
-    endpoints = {event["api_name"]: endpoint_params(demo.fns[event["id"]].fn, [demo.blocks[i] for i in event["inputs"]])
-                 for event in events if event["api_name"] in API}
+
+    def inputs(event: dict) -> list[Any]:
+        return [demo.blocks[i] for i in event["inputs"]]
+
+    # A public event's arguments are its API handler's (one_event's `api`), less the page's own State inputs.
+    public = {event["api_name"]: event for event in events}
+    endpoints = {name: endpoint_params(getattr(demo.fns[public[name]["id"]].fn, "api", demo.fns[public[name]["id"]].fn),
+                                       [c for c in inputs(public[name]) if not isinstance(c, gr.State)])
+                 for name in API}
 
     def param(component: gr.components.Component) -> Param:
         name = str(component.label or type(component).__name__)
         if isinstance(component, gr.Dataset):  # the examples: an index into them
             return Param(name, choices=len(component.raw_samples))
-        return Param(name, file=isinstance(component, gr.Image))
+        return Param(name, file=isinstance(component, gr.Image))  # a State: gradio uses the session's, whatever is sent
 
     # Every event by the fn_index a client sends, read from the config gradio hands its clients (the page's events
-    # arrive through /queue/join too): the public ones by their API names, the page's by their components.
-    functions = {event["id"]: endpoints.get(event["api_name"]) or [param(demo.blocks[i]) for i in event["inputs"]]
-                 for event in events}
+    # and gradio_client's calls arrive through /queue/join): the public ones by their API names, then any State of
+    # the page's; the page's own events by their components.
+    functions = {}
+    for event in events:
+        params = [param(c) for c in inputs(event)]
+        named = endpoints.get(event["api_name"], [])
+        functions[event["id"]] = [*named, *params[len(named):]]
     return Middleware(ApiGate, endpoints=endpoints, functions=functions, uploads=space.uploads)
 
 

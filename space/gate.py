@@ -38,7 +38,9 @@ class ApiGate:
     that says what to send (gradio would answer `{"error": null}` or a 500).
 
     `endpoints` maps the public API names (without "/") to their parameters; `functions` maps every event's
-    fn_index (the page's private events too: they arrive through /queue/join) to its parameters.
+    fn_index (the page's private events too: they arrive through /queue/join) to its parameters. A call by fn_index
+    that names the component that triggered it (`trigger_id`: the page's) may leave a required image out: the
+    page's side of the event answers an empty image with nothing; a file it sends is checked all the same.
 
     What gradio 6.31 does with these calls by itself is pinned by tests/test_gradio_gaps.py: a file payload
     without its FileData marker skips gradio's upload check and the component opens any server file; a refused
@@ -153,8 +155,11 @@ class ApiGate:
         if len(data) != len(params):
             names = ", ".join(p.name for p in params)
             return 422, f"send exactly {len(params)} arguments ({names}), got {len(data)}", None
+        # The page's calls name the component that triggered them; on the page an image may be left out (its
+        # handler answers an empty image with nothing; an API caller's call with no trigger must send one).
+        page = by_index and request.get("trigger_id") is not None
         for param, value in zip(params, data):
-            refusal = self._check_value(param, value)
+            refusal = self._check_value(param, value, page)
             if refusal is not None:
                 return refusal
         return None
@@ -171,15 +176,15 @@ class ApiGate:
                 return refusal
         return None
 
-    def _check_value(self, param: Param, value: Any) -> tuple[int, str, str | None] | None:
-        """An image argument must be an upload of this server (or None where none is required); an index must be
-        one of its choices."""
+    def _check_value(self, param: Param, value: Any, page: bool = False) -> tuple[int, str, str | None] | None:
+        """An image argument must be an upload of this server (or None where none is required, or on the page); an
+        index must be one of its choices."""
         if param.choices is not None:
             if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < param.choices:
                 return None
             return (422, f"send the number of one of the {param.choices} choices, from 0 to {param.choices - 1}, "
                          f"got {short(value)}", param.name)
-        if not param.file or (value is None and not param.required):
+        if not param.file or (value is None and (page or not param.required)):
             return None
         if is_file_payload(value) and self.uploads.contains(value["path"]):
             return None

@@ -1,8 +1,8 @@
 """What gradio itself (6.31) does with the calls the Space's gate refuses and with the files its upload folder
 bounds: a bare gradio app, no gate, no code of ours, one image endpoint as the Space's. Each test pins one shortfall
 that space/gate.py (ApiGate) or space/uploads.py (UploadFolder) exists for; the day one fails, gradio does that job
-itself and our piece for it can go (issue 16, item 1). The last one pins why space/app.py gives each feature a
-public event and a page event (issue 16, item 2).
+itself and our piece for it can go (issue 16, item 1). The last two pin why space/app.py's one event per feature
+(one_event) tells the page from an API caller, and the gradio behaviour it does that by (issue 16, item 2).
 """
 
 from __future__ import annotations
@@ -56,10 +56,11 @@ def call(url: str, name: str, body) -> tuple[int, str]:
     return 200, httpx.get(f"{url}call/{name}/{event}", timeout=60).text
 
 
-def page_call(url: str, fn_index: int, data: list, session: str) -> dict:
-    """Call an event by fn_index over /queue/join, as the page does: its process_completed message."""
+def page_call(url: str, fn_index: int, data: list, session: str, **extra) -> dict:
+    """Call an event by fn_index over /queue/join, as the page does (`trigger_id=`: the component that triggered
+    it): its process_completed message."""
     joined = httpx.post(f"{url}queue/join", timeout=60,
-                        json={"data": data, "fn_index": fn_index, "session_hash": session})
+                        json={"data": data, "fn_index": fn_index, "session_hash": session, **extra})
     assert joined.status_code == 200, joined.text
     with httpx.stream("GET", f"{url}queue/data", params={"session_hash": session}, timeout=60) as events:
         for line in events.iter_lines():
@@ -162,10 +163,11 @@ def one_event():
 
 
 def test_what_the_page_says_of_a_refused_request_is_a_success_for_an_api_caller(one_event):
-    """Why the Space wires each feature twice (issue 16, item 2): the page refuses with a warning and keeps or
-    clears its outputs, which a gradio_client caller receives as an answer, with no error to catch; the API must
-    raise instead, and a raised event hands back no output at all, so the page could not clear a refused image
-    with it. The day gradio_client raises on a warning, one event could be both."""
+    """Why the Space's one event per feature answers the page and an API caller differently (space/app.py,
+    one_event): the page refuses with a warning and keeps or clears its outputs, which a gradio_client caller
+    receives as an answer, with no error to catch; the API must raise instead, and a raised event hands back no
+    output at all, so the page could not clear a refused image with it. The day gradio_client raises on a warning,
+    the event can answer both alike."""
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
@@ -180,3 +182,57 @@ def test_what_the_page_says_of_a_refused_request_is_a_success_for_an_api_caller(
     done = page_call(f"{one_event}gradio_api/", 0, ["refused", 3], "page")
     assert done["success"] is False and done["output"]["error"] == "cannot read the image", done
     assert "data" not in done["output"], "a raised event sets none of its outputs"
+
+
+@pytest.fixture(scope="module")
+def page_or_api():
+    """A bare app with one event that the page triggers and API callers call by name, as the Space wires each
+    feature: a State input and a State output of the page's, a next step of the page's; it records what it saw."""
+    seen: list[tuple] = []
+    with gr.Blocks() as demo:
+        text = gr.Textbox("x")
+        shown, refused = gr.State(True), gr.State(False)
+        out = gr.Textbox()
+
+        def answer(text, shown, event: gr.EventData):
+            seen.append(("event", text, shown, type(event.target).__name__ if event.target is not None else None))
+            return f"{text}:{shown}", True
+
+        def next_step(refused):
+            seen.append(("next", refused))
+            return gr.skip()
+
+        gr.on([text.change, demo.load], answer, [text, shown], [out, refused], api_name="answer").then(
+            next_step, refused, text, api_visibility="private")
+    port = free_port()
+    demo.queue().launch(server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        event = next(d for d in demo.get_config_file()["dependencies"] if d["api_name"] == "answer")
+        yield f"http://127.0.0.1:{port}/", event, text._id, seen
+    finally:
+        demo.close()
+
+
+def test_a_call_names_the_component_that_triggered_it_only_when_the_page_makes_it(page_or_api):
+    """What space/app.py's from_page reads: gradio hands a handler the component that triggered its event when
+    the page calls (its /queue/join names a trigger_id), and none for an API caller (gradio_client, /call, or
+    /queue/join without a trigger) or the page's load; a State input stays out of the API (the caller's session
+    value is used), a State output out of gradio_client's answers but not out of /call's (one more null: why the
+    Space clears a refused image in a step of its own, not through a State); a next step (.then) runs only when
+    the page asks for it, never for an API caller. The day one of these changes, one_event must change with it."""
+    from gradio_client import Client
+
+    url, event, text_id, seen = page_or_api
+    client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+    info = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/answer"]
+    assert [p["parameter_name"] for p in info["parameters"]] == ["text"] and len(info["returns"]) == 1
+    seen.clear()
+    assert client.predict("api", api_name="/answer") == "api:True", "the State's own value, and no State answered"
+    status, text = call(f"{url}gradio_api/", "answer", {"data": ["rest"]})
+    assert status == 200 and '["rest:True", null]' in text, text
+    page_call(f"{url}gradio_api/", event["id"], ["joined", None], "s1")
+    page_call(f"{url}gradio_api/", event["id"], ["page", None], "s2", trigger_id=text_id)
+    page_call(f"{url}gradio_api/", event["id"], ["load", None], "s3", trigger_id=event["targets"][-1][0])
+    assert seen == [("event", "api", True, None), ("event", "rest", True, None), ("event", "joined", True, None),
+                    ("event", "page", True, "Textbox"), ("event", "load", True, None)], \
+        "only the page's component trigger is named; no next step ran for any of them (the page's client runs it)"

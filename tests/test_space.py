@@ -325,7 +325,8 @@ def test_api_classify_returns_exactly_top_k(client, space):
 
 
 def test_an_api_caller_asking_the_same_twice_is_answered_twice(client):
-    """The page skips a repeated input (LastRequests); the API never does: its events are not the page's."""
+    """The page skips a repeated input (LastRequests); an API caller, calling the same event, is answered every time
+    (app.one_event)."""
     first = call(client, "/classify", EXAMPLES[2], 3)
     assert call(client, "/classify", EXAMPLES[2], 3) == first and len(first["confidences"]) == 3
     galleries = [call(client, "/gradcam", None, 2, "layer3", 0.5) for _ in range(2)]
@@ -449,20 +450,20 @@ def test_every_route_to_a_handler_is_gated(server):
 
     payload = {"path": "/etc/passwd", "meta": FILE_META}
     config = httpx.get(f"{server}config", timeout=60).json()
-    index = next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == "gradcam")
-    page = [i for i, d in enumerate(config["dependencies"]) if d.get("api_visibility") == "private"]
+    index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "gradcam")
+    images = {c["id"] for c in config["components"] if c["type"] == "image"}
+    by_index = [d for d in config["dependencies"] if d["inputs"] and d["inputs"][0] in images]
     attempts = [
         ("run/gradcam", {"data": [payload, 1, "layer3", 0.0]}),
         ("api/gradcam", {"data": [payload, 1, "layer3", 0.0]}),
-        ("run/predict", {"data": [payload, 1, "layer3", 0.0], "fn_index": index}),
+        ("run/predict", {"data": [payload, 1, "layer3", 0.0, None], "fn_index": index}),
         ("call/v2/gradcam", {"image_or_none": payload, "count": 1, "layer": "layer3", "opacity": 0.0}),
-        ("queue/join", {"data": [payload, 1, "layer3", 0.0], "fn_index": index, "session_hash": "x"}),
-        *[("queue/join", {"data": [payload, True, 1, "layer3", 0.0][:len(config["dependencies"][i]["inputs"])],
-                          "fn_index": i, "session_hash": "x"}) for i in page
-          if any(c["id"] == config["dependencies"][i]["inputs"][0] and c["type"] == "image"
-                 for c in config["components"])],
+        # Every event that takes the image, by fn_index: as an API caller calls it, and as the page does (naming
+        # the component that triggered it).
+        *[("queue/join", {"data": [payload] + [None] * (len(d["inputs"]) - 1), "fn_index": d["id"], "session_hash": "x",
+                          **trigger}) for d in by_index for trigger in ({}, {"trigger_id": d["inputs"][0]})],
     ]
-    assert len(attempts) >= 7, "the page's own image events are attacked too"
+    assert len(by_index) == 3 and len(attempts) == 4 + 2 * 3, "classify, gradcam and compare, the page's and the API's"
     for route, body in attempts:
         response = httpx.post(f"{server}gradio_api/{route}", json=body, timeout=60)
         assert response.status_code == 422, (route, response.text)
@@ -481,7 +482,7 @@ def test_malformed_calls_get_one_line_that_says_what_to_send(server, data, words
 
 
 def test_unknown_endpoints_and_page_handlers_are_not_callable(server):
-    for name in ("nope", "page_classify", "page_gradcam", "load_example", "lambda"):
+    for name in ("nope", "page_classify", "page_misclassified", "clear_refused", "shown", "load_example", "lambda"):
         status, text = post_call(server, name, [None, 3])
         assert status == 404, (name, text)
         assert text == (f"unknown endpoint /{name}; this server's endpoints are /classify, /gradcam, "
@@ -649,28 +650,36 @@ def test_last_requests_skips_only_an_unchanged_repeat_of_the_same_session_and_ev
     assert len(last.last) == 2
 
 
+PAGE = SimpleNamespace(target=object())  # what gradio hands a handler for an event the page triggered
+
+
 def page_events(space) -> dict:
-    """The page's own event handlers, as gradio calls them (they are private: no API name)."""
+    """The page's side of each feature's event, called as gradio calls it for the page (app.from_page), one visitor
+    session for all of them."""
     demo = app.build_demo(space)
-    return {fn.fn.__name__: fn.fn for fn in demo.fns.values()
-            if fn.fn is not None and fn.fn.__name__.startswith("page_")}
+    fns = {fn.fn.__name__: fn.fn for fn in demo.fns.values() if fn.fn is not None}
+    request = SimpleNamespace(session_hash=uuid.uuid4().hex)
+    return {"classify": lambda *a: fns["classify"](*a, PAGE, request),
+            "gradcam": lambda *a: fns["gradcam"](*a, PAGE, request),
+            "compare": lambda *a: fns["compare"](*a, PAGE, request),
+            "misclassified": lambda *a: fns["page_misclassified"](*a, request),
+            "clear_refused": lambda: fns["clear_refused"](request)}
 
 
 @pytest.mark.parametrize("event, args, words", [
-    ("page_classify", ("IMAGE", 11), "top_k must be a whole number from 1 to 10, got 11"),
-    ("page_gradcam", ("IMAGE", True, 11, "layer3", 0.5), "count must be a whole number from 1 to 10, got 11"),
-    ("page_gradcam", ("IMAGE", True, 3, "layer3", 1.5), "opacity must be"),
-    ("page_gradcam", ("IMAGE", False, 3, "layer3", -0.5), "opacity must be"),
-    ("page_misclassified", (True, 101, False, "layer3", 0.5), "count must be a whole number from 1 to"),
+    ("classify", ("IMAGE", 11), "top_k must be a whole number from 1 to 10, got 11"),
+    ("gradcam", ("IMAGE", 11, "layer3", 0.5, True), "count must be a whole number from 1 to 10, got 11"),
+    ("gradcam", ("IMAGE", 3, "layer3", 1.5, True), "opacity must be"),
+    ("gradcam", ("IMAGE", 3, "layer3", -0.5, False), "opacity must be"),
+    ("misclassified", (True, 101, False, "layer3", 0.5), "count must be a whole number from 1 to"),
 ])
 def test_a_setting_past_a_sliders_end_is_one_warning_and_the_page_stays(space, event, args, words):
     """Typed into a slider's number box, 11 or 1.5 reach the server: one warning, every output skipped."""
     image = uploaded(space, EXAMPLES[0])
     args = tuple(image if a == "IMAGE" else a for a in args)
     handlers = page_events(space)
-    request = SimpleNamespace(session_hash=uuid.uuid4().hex)
     with pytest.warns(UserWarning) as caught:
-        result = handlers[event](*args, request)
+        result = handlers[event](*args)
     assert [str(w.message) for w in caught] == [str(w.message) for w in caught][:1], "said once"
     assert words in str(caught[0].message) and not str(caught[0].message).startswith("'")
     outputs = result if isinstance(result, tuple) else (result,)
@@ -680,12 +689,11 @@ def test_a_setting_past_a_sliders_end_is_one_warning_and_the_page_stays(space, e
 def test_a_bad_opacity_is_said_once_for_all_the_galleries_that_use_it(space):
     image = uploaded(space, EXAMPLES[0])
     handlers = page_events(space)
-    request = SimpleNamespace(session_hash=uuid.uuid4().hex)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = [handlers["page_gradcam"](image, True, 3, "layer3", 1.5, request),
-                   handlers["page_compare"](image, "runner-up", "layer3", 1.5, request),
-                   handlers["page_misclassified"](True, 5, True, "layer3", 1.5, request)]
+        results = [handlers["gradcam"](image, 3, "layer3", 1.5, True),
+                   handlers["compare"](image, "runner-up", "layer3", 1.5),
+                   handlers["misclassified"](True, 5, True, "layer3", 1.5)]
     messages = [str(w.message) for w in caught if "opacity" in str(w.message)]
     assert len(messages) == 1, messages
     assert all(r == gr.skip() for r in results)
@@ -695,10 +703,46 @@ def test_an_unreadable_upload_still_leaves_the_page_and_clears_only_the_image(sp
     bad = space.uploads.path / f"bad-{uuid.uuid4().hex}.png"
     bad.write_bytes(b"not an image at all")
     handlers = page_events(space)
-    request = SimpleNamespace(session_hash=uuid.uuid4().hex)
     with pytest.warns(UserWarning):
-        label, image = handlers["page_classify"]({"path": str(bad), "meta": FILE_META}, 3, request)
-    assert label is None and image is None
+        label = handlers["classify"]({"path": str(bad), "meta": FILE_META}, 3)
+    assert label is None
+    assert handlers["clear_refused"]() is None, "the page's next step takes the refused image off the page"
+    assert handlers["clear_refused"]() == gr.skip(), "once"
+    with pytest.warns(UserWarning):
+        assert handlers["classify"](uploaded(space, EXAMPLES[0]), 11) == gr.skip()
+    assert handlers["clear_refused"]() == gr.skip(), "a refused setting leaves the image"
+
+
+def test_each_feature_is_one_event_the_page_triggers_and_the_api_calls(space):
+    """Issue 16, item 2: classify, Grad-CAM and "why not" are each one event, public under its API name and
+    triggered by the page's components; the misclassified set alone has two answers (the page's gallery, the API's
+    contact sheet); the rest are page steps that touch no model."""
+    demo = app.build_demo(space)
+    events = {}
+    for d in demo.get_config_file()["dependencies"]:
+        triggers = sorted({(demo.blocks[t].elem_id or type(demo.blocks[t]).__name__) if t in demo.blocks else e
+                           for t, e in d["targets"] if e != "then"})
+        events[demo.fns[d["id"]].fn.__name__] = (d["api_visibility"], triggers)
+    assert events == {
+        "classify": ("public", ["top-k", "upload"]),
+        "gradcam": ("public", ["State", "gradcam-count", "layer", "load", "opacity", "upload"]),  # State: shown
+        "compare": ("public", ["layer", "opacity", "upload", "why-not"]),
+        "misclassified_sheet": ("public", []),
+        "page_misclassified": ("private", ["layer", "misclassified-count", "misclassified-gradcam", "opacity",
+                                           "show-misclassified"]),
+        "clear_refused": ("private", []),  # the step after classify
+        "shown": ("private", ["show-gradcam"]),
+        "load_example": ("private", ["examples"]),
+    }
+
+
+def test_hidden_gradcam_is_not_computed_and_the_api_is_answered_whatever_the_page_shows(space):
+    handlers = page_events(space)
+    assert handlers["gradcam"](None, 3, "layer3", 0.5, False) == gr.update(visible=False)
+    demo = app.build_demo(space)
+    (gradcam,) = [fn.fn for fn in demo.fns.values() if fn.fn.__name__ == "gradcam"]
+    api = gradcam(None, 3, "layer3", 0.5, False, SimpleNamespace(target=None), SimpleNamespace(session_hash="s"))
+    assert [caption for _, caption in api] == [caption for _, caption in space.gradcam(None, 3, "layer3", 0.5)]
 
 
 def test_the_gates_description_of_each_endpoint_is_the_service_signature_and_the_events_components(space):

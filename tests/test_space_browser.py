@@ -3,7 +3,7 @@
 A visitor on a desktop (1280 px) and on a phone (390 px, emulated) loads the page, clicks an example, reads the
 top-k label, sees Grad-CAM images, changes the layer and the opacity, opens the misclassified gallery; every
 caption is readable in full and nothing is wider than the screen. A bad upload is reported once and cleared;
-typing a number sends one request. The Space serves its release by Hub id, from a local Hub cache (offline).
+hidden Grad-CAM is not computed; typing a number sends one request. The Space serves its release by Hub id, from a local Hub cache (offline).
 Screenshots are kept in test-artifacts/. Not skipped: without chromium it fails and says what to install (CI
 installs it).
 """
@@ -313,6 +313,29 @@ def test_a_bad_upload_is_reported_once_and_cleared(browser_setup, driver, tmp_pa
     wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, "#upload img"), "the broken image cleared")
     assert not driver.find_elements(By.CSS_SELECTOR, "#prediction .error, #prediction [data-testid=error]")
     assert label_rows(driver) == []
+
+
+def test_hidden_gradcam_is_not_computed_and_comes_back_for_the_settings_of_now(browser_setup, driver):
+    """Show Grad-CAM off: the gallery goes, and changing the layer asks the server for nothing; on again: one
+    request, for the layer chosen while it was hidden."""
+    from selenium.webdriver.common.by import By
+
+    url, space, log = browser_setup
+    driver.get(url)
+    wait_for(driver, lambda d: len(gallery(d, "gradcam-gallery")) == 5, "the page to load")
+    time.sleep(1)
+    before = log.read_text().count("server time /gradcam ")
+    driver.find_element(By.CSS_SELECTOR, "#show-gradcam input[type=checkbox]").click()
+    wait_for(driver, lambda d: not gallery(d, "gradcam-gallery"), "the Grad-CAM gallery hidden")
+    choose(driver, "layer", "layer1: textures and small parts (16x16)")
+    time.sleep(3)  # a request for the hidden gallery would have been logged by now
+    assert log.read_text().count("server time /gradcam ") == before, "nothing computed for a hidden gallery"
+    driver.find_element(By.CSS_SELECTOR, "#show-gradcam input[type=checkbox]").click()
+    cam = wait_for(driver, lambda d: len(gallery(d, "gradcam-gallery")) == 5 and gallery(d, "gradcam-gallery"),
+                   "the Grad-CAM gallery back")
+    assert_close_pixels(fetch_rgb(cam[0][0]), space.gradcam(None, 1, "layer1", 0.5)[0][0])
+    time.sleep(1)
+    assert log.read_text().count("server time /gradcam ") == before + 1
 
 
 def test_typing_a_number_sends_one_request(browser_setup, driver):

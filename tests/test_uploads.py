@@ -163,6 +163,8 @@ def test_good_calls_reach_the_app_whole(gate, uploads):
     good = {"path": upload(uploads), "meta": FILE_META}
     for path, payload in [("/gradio_api/call/classify", body(good, 3)), ("/gradio_api/call/gradcam", body(None, 2)),
                           ("/gradio_api/queue/join", body(good, 3, fn_index=1, session_hash="s")),
+                          # The page's call of a public event (it names its trigger): an image may be left out.
+                          ("/gradio_api/queue/join", body(None, 3, fn_index=1, session_hash="s", trigger_id=7)),
                           ("/gradio_api/queue/join", body(None, 3, fn_index=2, session_hash="s")),
                           ("/gradio_api/run/classify", body(good, 3)),
                           ("/gradio_api/run/predict", body(7, fn_index=0, session_hash="s")),
@@ -192,6 +194,9 @@ def test_good_calls_reach_the_app_whole(gate, uploads):
     ("/gradio_api/call/gradcam", body({"path": "space/examples/0000_cat.png"}, 1), 422,
      "image_or_none: not an uploaded image"),
     ("/gradio_api/queue/join", body(None, 3, fn_index=99), 404, "unknown fn_index"),
+    ("/gradio_api/queue/join", body(None, 3, fn_index=1, session_hash="s"), 422, "image: no image given; send the"),
+    ("/gradio_api/queue/join", body({"path": "/etc/passwd", "meta": FILE_META}, 3, fn_index=1, session_hash="s",
+                                    trigger_id=7), 422, "image: not an uploaded image"),
     ("/gradio_api/queue/join", body(None, 3), 404, "unknown fn_index"),
     ("/gradio_api/queue/join", body({"path": "/etc/passwd", "meta": FILE_META}, 3, fn_index=2), 422,
      "Your image: not an uploaded image"),
