@@ -452,7 +452,7 @@ def wire(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[str, 
                      api_visibility="public", trigger_mode="always_last", **model)
 
     model = dict(preprocess=False, concurrency_limit=space.settings.requests, concurrency_id="model")
-    private = dict(api_name=False, api_visibility="private")
+    private = dict(api_visibility="private")  # named after their handlers, never callable by name (the gate)
     cam_shown = gr.State(True)  # the page's own: gradio keeps a State out of the API
     explained = [ui["layer"].change, ui["opacity"].change]
     feature("classify", [ui["image"].change, ui["top_k"].change], classify).then(
