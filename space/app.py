@@ -264,26 +264,34 @@ def build_demo(space: Space) -> gr.Blocks:
 
 
 class LastRequests:
-    """The last inputs of each page event per visitor session, to skip a request whose inputs have not changed
-    since the last: gradio 6.31 fires a slider's change (and input) event twice for one number typed into its box,
-    and neither trigger_mode nor the release event (which waits for the visitor to leave the box) does the job;
-    tests/test_space_browser.py pins each on a bare gradio app."""
+    """What the page remembers of each visitor session, the `size` most recent (session, key) pairs: the last
+    inputs of each page event, to skip a request whose inputs have not changed since the last (gradio 6.31 fires a
+    slider's change (and input) event twice for one number typed into its box, and neither trigger_mode nor the
+    release event, which waits for the visitor to leave the box, does the job; tests/test_space_browser.py pins
+    each on a bare gradio app), and a mark that classify refused the session's image."""
 
     def __init__(self, size: int = 4096) -> None:
-        self.last: OrderedDict[tuple[str, str], tuple] = OrderedDict()
+        self.last: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self.size, self.lock = size, threading.Lock()
 
-    def repeated(self, session: str, event: str, *inputs: Any) -> bool:
-        """Whether `inputs` are this session's last inputs of `event`; remembers them either way (the `size`
-        most recent sessions and events)."""
-        key = (session, event)
+    def remember(self, session: str, key: str, value: Any) -> Any:
+        """Remember `value` for this session's `key`; returns what was remembered before (None: nothing)."""
         with self.lock:
-            same = key in self.last and self.last[key] == inputs
-            self.last[key] = inputs
-            self.last.move_to_end(key)
+            before = self.last.get((session, key))
+            self.last[(session, key)] = value
+            self.last.move_to_end((session, key))
             while len(self.last) > self.size:
                 self.last.popitem(last=False)
-        return same
+        return before
+
+    def forget(self, session: str, key: str) -> Any:
+        """What was remembered for this session's `key` (None: nothing); it is not any more."""
+        with self.lock:
+            return self.last.pop((session, key), None)
+
+    def repeated(self, session: str, event: str, *inputs: Any) -> bool:
+        """Whether `inputs` are this session's last inputs of `event`; remembers them either way."""
+        return self.remember(session, event, inputs) == inputs
 
 
 def session(request: gr.Request) -> str:
@@ -303,29 +311,6 @@ def from_page(event: gr.EventData) -> bool:
 def kept(message: str) -> None:
     """A refused setting on the page: say so once, as a warning, and change nothing the visitor sees."""
     gr.Warning(message)
-
-
-class Sessions:
-    """A bounded set of visitor sessions (the `size` most recently added)."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self.sessions: OrderedDict[str, None] = OrderedDict()
-        self.size, self.lock = size, threading.Lock()
-
-    def add(self, session: str) -> None:
-        with self.lock:
-            self.sessions[session] = None
-            self.sessions.move_to_end(session)
-            while len(self.sessions) > self.size:
-                self.sessions.popitem(last=False)
-
-    def pop(self, session: str) -> bool:
-        """Whether `session` was in the set; it is not any more."""
-        with self.lock:
-            if session not in self.sessions:
-                return False
-            del self.sessions[session]
-            return True
 
 
 def one_event(name: str, api, page, last: LastRequests):
@@ -369,7 +354,8 @@ def wire(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[str, 
     The misclassified set is the one feature with two answers: the page shows a gallery, /misclassified answers
     one contact sheet and its index (gradio_client fetches every gallery image over a connection of its own: 100
     of them took ~2.3 s, BENCHMARKS.md), so it has a page event and a public one with no trigger on the page."""
-    last, refused = LastRequests(), Sessions()
+    last = LastRequests()
+    refused = "refused image"  # LastRequests' mark for the image classify refused, not an event's name
 
     def shared_settings(layer, opacity) -> str | None:
         """What is wrong with the layer and opacity every Grad-CAM event shares (None: nothing)."""
@@ -386,7 +372,7 @@ def wire(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[str, 
             return handlers["classify"](image, top_k)
         except ImageRefused as err:  # say it once; the next step takes the unreadable image off the page
             gr.Warning(err.message)
-            refused.add(session(request))
+            last.remember(session(request), refused, True)
             return None
         except gr.Error as err:  # top-k out of range: the image and its prediction stay
             kept(err.message)
@@ -396,7 +382,7 @@ def wire(demo: gr.Blocks, space: Space, ui: dict[str, Any], handlers: dict[str, 
         """The page's next step after classify: the image classify refused, off the page. Its own step because an
         event hands the image back only as an output, and an output of the page's alone (a State) would reach the
         answers of /call/classify as one more value (tests/test_gradio_gaps.py)."""
-        return None if refused.pop(session(request)) else gr.skip()
+        return None if last.forget(session(request), refused) else gr.skip()
 
     def gradcam(image, count, layer, opacity, shown, request: gr.Request):
         # The shared settings are reported here, once, whichever galleries are shown (the others stay silent);
@@ -476,10 +462,14 @@ def api_gate(demo: gr.Blocks, space: Space) -> Middleware:
     def inputs(event: dict) -> list[Any]:
         return [demo.blocks[i] for i in event["inputs"]]
 
-    # A public event's arguments are its API handler's (one_event's `api`), less the page's own State inputs.
-    public = {event["api_name"]: event for event in events}
-    endpoints = {name: endpoint_params(getattr(demo.fns[public[name]["id"]].fn, "api", demo.fns[public[name]["id"]].fn),
-                                       [c for c in inputs(public[name]) if not isinstance(c, gr.State)])
+    def api_handler(event: dict):
+        fn = demo.fns[event["id"]].fn
+        return getattr(fn, "api", fn)  # one_event's API side
+
+    # A public event's arguments are its API handler's, less the page's own State inputs.
+    by_name = {event["api_name"]: event for event in events}
+    endpoints = {name: endpoint_params(api_handler(by_name[name]),
+                                       [c for c in inputs(by_name[name]) if not isinstance(c, gr.State)])
                  for name in API}
 
     def param(component: gr.components.Component) -> Param:
